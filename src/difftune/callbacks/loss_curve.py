@@ -1,0 +1,70 @@
+"""`loss_curve.png`: raw and smoothed training loss per optimizer step, validation loss as points."""
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
+
+
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Bias-corrected exponential moving average (as TensorBoard's smoothing slider)."""
+    out, avg = [], 0.0
+    for i, value in enumerate(values, start=1):
+        avg = weight * avg + (1 - weight) * value
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+class LossCurve(Callback):
+    """Collects `train/loss` and `val/loss` and redraws the picture every N steps and at the end."""
+
+    def __init__(self, path: str, every_n_steps: int = 100, smoothing: float = 0.9) -> None:
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.smoothing = smoothing
+        self.train: list[tuple[int, float]] = []
+        self.val: list[tuple[int, float]] = []
+        self._drawn_at = 0
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None and outputs is not None:
+            self.train.append((trainer.global_step, float(loss)))
+        step = trainer.global_step
+        if self.train and step % self.every_n_steps == 0 and step != self._drawn_at:
+            self._drawn_at = step
+            self.draw()
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is not None and not trainer.sanity_checking:
+            self.val.append((trainer.global_step, float(loss)))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.draw()
+
+    @rank_zero_only
+    def draw(self) -> None:
+        """Write the figure (train raw + smoothed, val points) to `path`."""
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        if self.train:
+            steps, losses = zip(*self.train, strict=True)
+            ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train (per batch)")
+            ax.plot(steps, smooth(list(losses), self.smoothing), color="tab:blue", label="train (smoothed)")
+        if self.val:
+            steps, losses = zip(*self.val, strict=True)
+            ax.plot(steps, losses, "o-", color="tab:orange", label="val (fixed noise)")
+        ax.set(xlabel="optimizer step", ylabel="MSE loss", title="Training loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.path, dpi=100)
+        plt.close(fig)

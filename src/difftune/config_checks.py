@@ -1,0 +1,66 @@
+"""Reject bad training configs in one line each, before any model or dataset is loaded."""
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from difftune.errors import DifftuneError
+from difftune.pipeline_io import load_unet_config, unet_downsample_factor
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise DifftuneError(message)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def unet_config_of(model_cfg: DictConfig) -> dict[str, Any]:
+    """The UNet's config: from `model.unet` when built from scratch, else `unet/config.json`."""
+    if model_cfg.get("pretrained"):
+        return load_unet_config(model_cfg.pretrained)
+    return dict(model_cfg.unet)
+
+
+def check_image_size(image_size: Any, unet_config: dict[str, Any]) -> None:
+    """`data.image_size` must be a positive multiple of the UNet's downsampling factor."""
+    factor = unet_downsample_factor(unet_config)
+    _require(
+        _positive_int(image_size) and image_size % factor == 0,
+        f"data.image_size={image_size} cannot go through this UNet: use a multiple of {factor} "
+        f"(e.g. {max(factor, 32 // factor * factor)}, 64, 128, 256)",
+    )
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Cheap checks of the composed config; the UNet is looked at through its config.json only."""
+    lr = cfg.model.optimizer.get("lr")
+    _require(
+        isinstance(lr, int | float) and lr > 0,
+        f"model.optimizer.lr={lr} must be a number > 0 (fine-tuning uses ~1e-5)",
+    )
+    batch_size = cfg.data.get("batch_size")
+    _require(_positive_int(batch_size), f"data.batch_size={batch_size} must be an integer >= 1")
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    _require(
+        _positive_int(accumulate),
+        f"trainer.accumulate_grad_batches={accumulate} must be an integer >= 1",
+    )
+    ckpt_path = cfg.get("ckpt_path")
+    _require(
+        ckpt_path is None or Path(ckpt_path).is_file(),
+        f"ckpt_path={ckpt_path} does not exist; pass the path of a .ckpt file "
+        "(e.g. outputs/<run>/checkpoints/last.ckpt) or leave it null to start fresh",
+    )
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if cfg.trainer.get("accelerator") == "cpu" and precision not in ("32", "32-true", "64-true"):
+        warnings.warn(
+            f"trainer.precision={precision} on CPU is ~25x slower than 32-true (bf16 autocast measured); "
+            "use hardware=cpu (32-true) unless you are measuring it",
+            stacklevel=2,
+        )
+    check_image_size(cfg.data.get("image_size"), unet_config_of(cfg.model))

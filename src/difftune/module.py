@@ -1,0 +1,118 @@
+"""`DiffusionFineTuner`: the DDPM training objective (Ho et al. 2020, Alg. 1) as a LightningModule."""
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from lightning.pytorch import LightningModule
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from difftune.errors import DifftuneError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
+LRSchedulerFactory = Callable[[Optimizer], LRScheduler]
+
+
+def training_target(
+    scheduler: SchedulerMixin, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet must predict for `x_t = add_noise(x_0, noise, t)`, by `prediction_type`."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":  # Salimans & Ho 2022, v = √ᾱ·ε − √(1−ᾱ)·x_0
+        return scheduler.get_velocity(x_0, noise, t)
+    if prediction_type == "sample":
+        return x_0
+    raise DifftuneError(
+        f"scheduler prediction_type='{prediction_type}' is not one of {', '.join(PREDICTION_TYPES)}"
+    )
+
+
+class DiffusionFineTuner(LightningModule):
+    """Fine-tunes a pretrained `UNet2DModel` with MSE against the scheduler's training target."""
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        noise_scheduler: SchedulerMixin,
+        optimizer: OptimizerFactory,
+        lr_scheduler: LRSchedulerFactory | None = None,
+        pretrained: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        prediction_type = noise_scheduler.config.prediction_type
+        if prediction_type not in PREDICTION_TYPES:
+            raise DifftuneError(
+                f"scheduler prediction_type='{prediction_type}' is not one of "
+                f"{', '.join(PREDICTION_TYPES)}"
+            )
+        self.unet = unet
+        self.noise_scheduler = noise_scheduler
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.pretrained = pretrained
+        self.seed = seed
+        self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "lr_scheduler"])
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.noise_scheduler.config.num_train_timesteps
+
+    def _generator(self, offset: int) -> torch.Generator:
+        """A generator seeded by (seed, batch counter, rank), so the draws survive a resume."""
+        seed = (self.seed * 1_000_003 + offset) * 4099 + self.global_rank
+        return torch.Generator(device=self.device).manual_seed(seed % 2**63)
+
+    def draw_noise_and_timesteps(
+        self, x_0: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ε ~ N(0, I) and t ~ U{0, …, T−1}, one per image."""
+        noise = torch.randn(x_0.shape, generator=generator, device=x_0.device, dtype=x_0.dtype)
+        t = torch.randint(
+            0, self.num_train_timesteps, (x_0.shape[0],), generator=generator, device=x_0.device
+        )
+        return noise, t
+
+    def diffusion_loss(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """‖target − UNet(x_t, t)‖² averaged over pixels and batch (Ho et al. 2020, Eq. 14)."""
+        x_t = self.noise_scheduler.add_noise(x_0, noise, t)
+        model_output = self.unet(x_t, t).sample
+        target = training_target(self.noise_scheduler, x_0, noise, t)
+        return F.mse_loss(model_output.float(), target.float())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        x_0 = batch["images"]
+        skipped = len(batch.get("skipped", ()))
+        self.log("data/skipped", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum")
+        if x_0.shape[0] == 0:  # every image of this batch was undecodable
+            return None
+        total_batch_idx = self.trainer.fit_loop.epoch_loop.total_batch_idx
+        noise, t = self.draw_noise_and_timesteps(x_0, self._generator(total_batch_idx))
+        loss = self.diffusion_loss(x_0, noise, t)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x_0.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        x_0 = batch["images"]
+        if x_0.shape[0] == 0:
+            return None
+        # Fixed noise and timesteps per validation batch: the value is comparable across steps.
+        noise, t = self.draw_noise_and_timesteps(x_0, self._generator(-1 - batch_idx))
+        loss = self.diffusion_loss(x_0, noise, t)
+        self.log("val/loss", loss, prog_bar=True, batch_size=x_0.shape[0], sync_dist=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.unet.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

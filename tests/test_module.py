@@ -1,0 +1,147 @@
+"""The training step: targets per prediction type, the loss, accumulation, EMA."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_tiny_unet
+from diffusers import DDPMScheduler
+from lightning.pytorch import Callback, Trainer
+from torch.utils.data import DataLoader
+
+from difftune.ema import EMA, ema_decay
+from difftune.errors import DifftuneError
+from difftune.module import DiffusionFineTuner, training_target
+
+
+def sgd(lr: float = 1.0):
+    return lambda params: torch.optim.SGD(params, lr=lr)
+
+
+def make_module(prediction_type: str = "epsilon", lr: float = 1.0) -> DiffusionFineTuner:
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    return DiffusionFineTuner(make_tiny_unet(), scheduler, optimizer=sgd(lr))
+
+
+def batches(n: int, batch_size: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {"images": torch.rand(batch_size, 3, 16, 16, generator=g) * 2 - 1, "skipped": []}
+        for _ in range(n)
+    ]
+
+
+def trainer(**kwargs) -> Trainer:
+    defaults = dict(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_steps=1,
+    )
+    return Trainer(**(defaults | kwargs))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_diffusion_loss_matches_the_formula(prediction_type):
+    module = make_module(prediction_type)
+    x_0 = torch.rand(4, 3, 16, 16) * 2 - 1
+    noise = torch.randn_like(x_0)
+    t = torch.tensor([0, 250, 500, 999])
+    alpha_bar = module.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = alpha_bar.sqrt() * x_0 + (1 - alpha_bar).sqrt() * noise
+    expected_target = {
+        "epsilon": noise,
+        "v_prediction": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x_0,
+        "sample": x_0,
+    }[prediction_type]
+
+    target = training_target(module.noise_scheduler, x_0, noise, t)
+    torch.testing.assert_close(target, expected_target)
+    with torch.no_grad():
+        expected_loss = F.mse_loss(module.unet(x_t, t).sample, expected_target)
+        loss = module.diffusion_loss(x_0, noise, t)
+    torch.testing.assert_close(loss, expected_loss)
+
+
+def test_unknown_prediction_type_is_a_clear_error():
+    scheduler = DDPMScheduler()
+    scheduler.register_to_config(prediction_type="flow")
+    with pytest.raises(DifftuneError, match="prediction_type='flow' is not one of epsilon, v_prediction, sample"):
+        DiffusionFineTuner(make_tiny_unet(), scheduler, optimizer=sgd())
+
+
+def test_noise_and_timesteps_are_uniform_and_reproducible():
+    module = make_module()
+    x_0 = torch.zeros(4096, 3, 2, 2)
+    noise, t = module.draw_noise_and_timesteps(x_0, module._generator(7))
+    noise_again, t_again = module.draw_noise_and_timesteps(x_0, module._generator(7))
+    assert torch.equal(noise, noise_again) and torch.equal(t, t_again)
+    assert t.min() >= 0 and t.max() <= 999
+    assert abs(t.float().mean().item() - 499.5) < 15  # U{0..999}: sd of the mean is 4.5
+    assert abs(noise.mean().item()) < 0.02 and abs(noise.std().item() - 1) < 0.02
+
+
+class QueuedNoise(DiffusionFineTuner):
+    """Draws preset (noise, t) pairs in order, so two runs can be given the same randomness."""
+
+    def __init__(self, queue, **kwargs):
+        super().__init__(**kwargs)
+        self.queue = list(queue)
+
+    def draw_noise_and_timesteps(self, x_0, generator):
+        return self.queue.pop(0)
+
+
+def test_accumulation_equals_one_large_batch():
+    """Two accumulated batches of 4 take the same optimizer step as one batch of 8."""
+    small = batches(2, 4)
+    g = torch.Generator().manual_seed(1)
+    draws = [(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 1000, (4,), generator=g)) for _ in small]
+    large = [{"images": torch.cat([b["images"] for b in small]), "skipped": []}]
+    large_draws = [(torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws]))]
+
+    def fit(data, queue, accumulate):
+        module = QueuedNoise(
+            queue, unet=make_tiny_unet(), noise_scheduler=DDPMScheduler(), optimizer=sgd(0.1)
+        )
+        collate = lambda items: items[0]  # noqa: E731  (batches are pre-built)
+        trainer(accumulate_grad_batches=accumulate).fit(module, DataLoader(data, batch_size=1, collate_fn=collate))
+        return module.unet.state_dict()
+
+    accumulated, one_batch = fit(small, draws, 2), fit(large, large_draws, 1)
+    initial = make_tiny_unet().state_dict()
+    assert any(not torch.equal(accumulated[k], initial[k]) for k in initial)  # it did train
+    for key in initial:
+        torch.testing.assert_close(accumulated[key], one_batch[key], rtol=1e-5, atol=1e-6)
+
+
+def test_empty_batch_takes_no_step():
+    module = make_module()
+    before = {k: v.clone() for k, v in module.unet.state_dict().items()}
+    empty = [{"images": torch.zeros(0, 3, 16, 16), "skipped": ["truncated"] * 4}]
+    trainer().fit(module, DataLoader(empty, batch_size=1, collate_fn=lambda items: items[0]))
+    assert all(torch.equal(before[k], v) for k, v in module.unet.state_dict().items())
+
+
+def test_ema_decay_warms_up_to_its_cap():
+    assert ema_decay(0, 0.999) == 0.0
+    assert ema_decay(1, 0.999, power=0.75) == pytest.approx(1 - 2**-0.75)
+    assert ema_decay(10**9, 0.999) == 0.999
+
+
+class RecordWeights(Callback):
+    def __init__(self):
+        self.history = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.history.append({k: v.clone() for k, v in pl_module.unet.state_dict().items()})
+
+
+def test_ema_is_the_average_the_module_exports(tmp_path):
+    """After fit the module holds θ_ema (what export saves); the checkpoint keeps both."""
+    module = make_module(lr=0.5)
+    record, ema = RecordWeights(), EMA(decay=0.5, warmup=False)
+    fit_trainer = trainer(max_steps=3, callbacks=[record, ema])
+    fit_trainer.fit(module, DataLoader(batches(3, 4), batch_size=1, collate_fn=lambda items: items[0]))
+    raw = record.history
+    for key in raw[0]:
+        expected = 0.5 * (0.5 * raw[0][key] + 0.5 * raw[1][key]) + 0.5 * raw[2][key]
+        torch.testing.assert_close(module.unet.state_dict()[key], expected)
+    assert not torch.equal(module.unet.state_dict()[key], raw[2][key])
