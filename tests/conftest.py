@@ -33,7 +33,9 @@ def tiny_unet() -> UNet2DModel:
 def tiny_pipeline_dir(tmp_path: Path) -> Path:
     """A DDPMPipeline in save_pretrained layout (model_index.json, unet/, scheduler/)."""
     path = tmp_path / "tiny_pipeline"
-    DDPMPipeline(unet=make_tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(path)
+    DDPMPipeline(
+        unet=make_tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000)
+    ).save_pretrained(path)
     return path
 
 

@@ -32,8 +32,12 @@ def batches(n: int, batch_size: int, seed: int = 0) -> list[dict]:
 
 def trainer(**kwargs) -> Trainer:
     defaults = dict(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_steps=1,
     )
     return Trainer(**(defaults | kwargs))
 
@@ -63,7 +67,9 @@ def test_diffusion_loss_matches_the_formula(prediction_type):
 def test_unknown_prediction_type_is_a_clear_error():
     scheduler = DDPMScheduler()
     scheduler.register_to_config(prediction_type="flow")
-    with pytest.raises(DifftuneError, match="prediction_type='flow' is not one of epsilon, v_prediction, sample"):
+    with pytest.raises(
+        DifftuneError, match="prediction_type='flow' is not one of epsilon, v_prediction, sample"
+    ):
         DiffusionFineTuner(make_tiny_unet(), scheduler, optimizer=sgd())
 
 
@@ -93,7 +99,10 @@ def test_accumulation_equals_one_large_batch():
     """Two accumulated batches of 4 take the same optimizer step as one batch of 8."""
     small = batches(2, 4)
     g = torch.Generator().manual_seed(1)
-    draws = [(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 1000, (4,), generator=g)) for _ in small]
+    draws = [
+        (torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 1000, (4,), generator=g))
+        for _ in small
+    ]
     large = [{"images": torch.cat([b["images"] for b in small]), "skipped": []}]
     large_draws = [(torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws]))]
 
@@ -102,7 +111,9 @@ def test_accumulation_equals_one_large_batch():
             queue, unet=make_tiny_unet(), noise_scheduler=DDPMScheduler(), optimizer=sgd(0.1)
         )
         collate = lambda items: items[0]  # noqa: E731  (batches are pre-built)
-        trainer(accumulate_grad_batches=accumulate).fit(module, DataLoader(data, batch_size=1, collate_fn=collate))
+        trainer(accumulate_grad_batches=accumulate).fit(
+            module, DataLoader(data, batch_size=1, collate_fn=collate)
+        )
         return module.unet.state_dict()
 
     accumulated, one_batch = fit(small, draws, 2), fit(large, large_draws, 1)
@@ -139,7 +150,9 @@ def test_ema_is_the_average_the_module_exports(tmp_path):
     module = make_module(lr=0.5)
     record, ema = RecordWeights(), EMA(decay=0.5, warmup=False)
     fit_trainer = trainer(max_steps=3, callbacks=[record, ema])
-    fit_trainer.fit(module, DataLoader(batches(3, 4), batch_size=1, collate_fn=lambda items: items[0]))
+    fit_trainer.fit(
+        module, DataLoader(batches(3, 4), batch_size=1, collate_fn=lambda items: items[0])
+    )
     raw = record.history
     for key in raw[0]:
         expected = 0.5 * (0.5 * raw[0][key] + 0.5 * raw[1][key]) + 0.5 * raw[2][key]

@@ -59,7 +59,7 @@ def check_train_config(cfg: DictConfig) -> None:
     precision = str(cfg.trainer.get("precision", "32-true"))
     if cfg.trainer.get("accelerator") == "cpu" and precision not in ("32", "32-true", "64-true"):
         warnings.warn(
-            f"trainer.precision={precision} on CPU is ~25x slower than 32-true (bf16 autocast measured); "
+            f"trainer.precision={precision} on CPU is ~25x slower than 32-true; "
             "use hardware=cpu (32-true) unless you are measuring it",
             stacklevel=2,
         )

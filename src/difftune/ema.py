@@ -49,7 +49,9 @@ class EMA(WeightAveraging):
     ) -> None:
         """θ_ema ← d·θ_ema + (1 − d)·θ, with d from the warm-up (or fixed)."""
         n = int(num_averaged)
-        self.current_decay = ema_decay(n, self.decay, self.inv_gamma, self.power) if self.warmup else self.decay
+        self.current_decay = (
+            ema_decay(n, self.decay, self.inv_gamma, self.power) if self.warmup else self.decay
+        )
         torch._foreach_lerp_(ema_params, params, 1.0 - self.current_decay)
 
     def on_train_batch_end(

@@ -1,4 +1,4 @@
-"""`DiffusionFineTuner`: the DDPM training objective (Ho et al. 2020, Alg. 1) as a LightningModule."""
+"""`DiffusionFineTuner`: the DDPM objective (Ho et al. 2020, Alg. 1) as a LightningModule."""
 
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -81,7 +81,9 @@ class DiffusionFineTuner(LightningModule):
         )
         return noise, t
 
-    def diffusion_loss(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def diffusion_loss(
+        self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
         """‖target − UNet(x_t, t)‖² averaged over pixels and batch (Ho et al. 2020, Eq. 14)."""
         x_t = self.noise_scheduler.add_noise(x_0, noise, t)
         model_output = self.unet(x_t, t).sample
@@ -114,5 +116,8 @@ class DiffusionFineTuner(LightningModule):
         optimizer = self.optimizer_factory(self.unet.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

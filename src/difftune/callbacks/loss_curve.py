@@ -1,4 +1,4 @@
-"""`loss_curve.png`: raw and smoothed training loss per optimizer step, validation loss as points."""
+"""`loss_curve.png`: raw and smoothed training loss per step, validation loss as points."""
 
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,12 @@ class LossCurve(Callback):
         if self.train:
             steps, losses = zip(*self.train, strict=True)
             ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train (per batch)")
-            ax.plot(steps, smooth(list(losses), self.smoothing), color="tab:blue", label="train (smoothed)")
+            ax.plot(
+                steps,
+                smooth(list(losses), self.smoothing),
+                color="tab:blue",
+                label="train (smoothed)",
+            )
         if self.val:
             steps, losses = zip(*self.val, strict=True)
             ax.plot(steps, losses, "o-", color="tab:orange", label="val (fixed noise)")

@@ -48,7 +48,9 @@ class SampleGrid(Callback):
         unet = self._unet(trainer, pl_module)
         size = self.image_size or trainer.datamodule.image_size
         generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(self.num_images, unet.config.in_channels, size, size, generator=generator)
+        noise = torch.randn(
+            self.num_images, unet.config.in_channels, size, size, generator=generator
+        )
         scheduler = DDIMScheduler.from_config(pl_module.noise_scheduler.config)
         was_training = unet.training
         unet.eval()

@@ -1,0 +1,274 @@
+"""`ImageDataModule`: synthetic, Hugging Face or folder images as {"images", "skipped"} batches."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from difftune.data.decode import DecodedImageDataset, ImageSource, decode_image, make_collate
+from difftune.data.synthetic import STYLES, SyntheticStyleDataset
+from difftune.errors import DifftuneError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("synthetic", "hf", "imagefolder")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_OFFLINE_HINT = (
+    "to work offline use data=imagefolder data.data_dir=DIR, or data=synthetic, "
+    "or HF_DATASETS_OFFLINE=1 with the dataset already in the HF cache"
+)
+
+
+def _check_int(key: str, value: object, minimum: int, allow_none: bool = False) -> None:
+    """Raise a one-line DifftuneError unless `value` is an int >= minimum (or None if allowed)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DifftuneError(f"data.{key}={value!r} must be an integer")
+    if value < minimum:
+        raise DifftuneError(f"data.{key}={value} must be >= {minimum}")
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    """Collapse whitespace/newlines and shorten, so a library's message fits one error line."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def list_image_files(data_dir: str | Path) -> list[str]:
+    """Image files under `data_dir` (recursive, sorted, hidden files and folders left out)."""
+    root = Path(data_dir)
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    ]
+    return [str(p) for p in sorted(files, key=lambda p: p.relative_to(root).as_posix())]
+
+
+class HFImageRecords(Sequence):
+    """The undecoded image column of a `datasets.Dataset`: each item is the bytes or the path."""
+
+    def __init__(self, dataset: object, column: str) -> None:
+        self.dataset = dataset
+        self.column = column
+
+    def __len__(self) -> int:
+        """Number of rows."""
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> ImageSource:
+        """Encoded bytes of row `index` (or its file path when the bytes are not stored)."""
+        value = self.dataset[index][self.column] or {}
+        return value.get("bytes") or value.get("path") or b""
+
+
+def load_hf_records(dataset_name: str, split: str, image_column: str) -> HFImageRecords:
+    """Load a hub dataset, a local hub-style folder or a `save_to_disk` dir, without decoding."""
+    import datasets  # slow import, only needed for this source
+
+    try:
+        path = Path(dataset_name).expanduser()
+        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DifftuneError(
+                        f"data.split={split!r} is not one of {', '.join(ds)} in {dataset_name}"
+                    )
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(dataset_name, split=split)
+    except DifftuneError:
+        raise
+    except Exception as exc:
+        raise DifftuneError(
+            f"could not load data.dataset_name={dataset_name!r} (split={split!r}): "
+            f"{type(exc).__name__}: {_one_line(str(exc))}; {_OFFLINE_HINT}"
+        ) from exc
+    if image_column not in ds.column_names:
+        raise DifftuneError(
+            f"data.image_column={image_column!r} is not one of {', '.join(ds.column_names)} "
+            f"(columns of {dataset_name})"
+        )
+    try:
+        ds = ds.select_columns([image_column]).cast_column(
+            image_column, datasets.Image(decode=False)
+        )
+    except Exception as exc:
+        raise DifftuneError(
+            f"data.image_column={image_column!r} of {dataset_name} is not an image column: "
+            f"{_one_line(str(exc))}"
+        ) from exc
+    return HFImageRecords(ds, image_column)
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Training/validation images in [-1, 1] from synthetic scenes, a HF dataset or a folder."""
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        dataset_name: str | None = None,
+        data_dir: str | None = None,
+        split: str = "train",
+        image_column: str = "image",
+        image_size: int = 32,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        val_size: int = 64,
+        flip: bool = True,
+        random_crop: bool = False,
+        seed: int = 0,
+        style: str = "vintage",
+        num_images: int = 512,
+        max_images: int | None = None,
+        persistent_workers: bool | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise DifftuneError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
+        _check_int("image_size", image_size, 1)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
+        _check_int("val_size", val_size, 0)
+        _check_int("num_images", num_images, 1)
+        _check_int("seed", seed, 0)
+        _check_int("max_images", max_images, 1, allow_none=True)
+        if style not in STYLES:
+            raise DifftuneError(f"data.style={style!r} is not one of {', '.join(STYLES)}")
+        if source == "hf" and not dataset_name:
+            raise DifftuneError(
+                f"data.dataset_name={dataset_name!r} is required when data.source='hf' "
+                "(e.g. Norod78/Vintage-Faces-FFHQAligned or a local dataset dir)"
+            )
+        if source == "imagefolder":
+            if not data_dir:
+                raise DifftuneError(
+                    f"data.data_dir={data_dir!r} is required when data.source='imagefolder'"
+                )
+            if not Path(data_dir).expanduser().is_dir():
+                raise DifftuneError(f"data.data_dir={data_dir!r} is not an existing directory")
+        self.save_hyperparameters(logger=False)
+        self.source, self.dataset_name, self.split = source, dataset_name, split
+        self.data_dir = str(Path(data_dir).expanduser()) if data_dir else None
+        self.image_column, self.image_size, self.batch_size = image_column, image_size, batch_size
+        self.num_workers, self.val_size, self.seed = num_workers, val_size, seed
+        self.flip, self.random_crop, self.style = flip, random_crop, style
+        self.num_images, self.max_images = num_images, max_images
+        self.persistent_workers = num_workers > 0 and persistent_workers is not False
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self._records: Sequence[ImageSource] | None = None
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def prepare_data(self) -> None:
+        """Download (hub datasets) once per node, before `setup`."""
+        if self.source == "hf":
+            self._load_records()
+
+    def _load_records(self) -> Sequence[ImageSource]:
+        """The undecoded images of an hf or imagefolder source (fails early when there are none)."""
+        if self._records is not None:
+            return self._records
+        if self.source == "hf":
+            records = load_hf_records(self.dataset_name, self.split, self.image_column)
+        else:
+            records = list_image_files(self.data_dir)
+            if not records:
+                raise DifftuneError(
+                    f"data.data_dir={self.data_dir!r} contains no image files "
+                    f"({', '.join(IMAGE_EXTENSIONS)})"
+                )
+        self._records = records
+        return records
+
+    def _check_decodable(self, records: Sequence[ImageSource], n: int) -> None:
+        """Decode in order until the first success; raise if no image at all is decodable."""
+        reasons: Counter[str] = Counter()
+        for i in range(n):
+            item = decode_image(records[i], self.image_size)
+            if isinstance(item, torch.Tensor):
+                return
+            reasons[item.reason] += 1
+        where = self.dataset_name if self.source == "hf" else self.data_dir
+        found = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+        raise DifftuneError(f"no decodable image in {where} ({n} tried: {found})")
+
+    def _split_indices(self, n: int) -> tuple[list[int], list[int]]:
+        """Deterministic (by `seed`) disjoint train/val index lists over the first n items."""
+        val_size = min(self.val_size, n - 1)
+        if val_size < self.val_size:
+            warnings.warn(
+                f"data.val_size={self.val_size} clamped to {val_size}: only {n} images "
+                "(at least 1 is kept for training)",
+                stacklevel=3,
+            )
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        return sorted(perm[val_size:]), sorted(perm[:val_size])
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the train/val datasets (idempotent)."""
+        if self.train_dataset is not None:
+            return
+        if self.source == "synthetic":
+            n = min(self.num_images, self.max_images or self.num_images)
+            train_base = SyntheticStyleDataset(n, self.image_size, self.style, self.seed, self.flip)
+            val_base = SyntheticStyleDataset(n, self.image_size, self.style, self.seed)
+        else:
+            records = self._load_records()
+            n = min(len(records), self.max_images or len(records))
+            self._check_decodable(records, n)
+            train_base = DecodedImageDataset(records, self.image_size, self.flip, self.random_crop)
+            val_base = DecodedImageDataset(records, self.image_size)
+        train_idx, val_idx = self._split_indices(n)
+        self.train_dataset = Subset(train_base, train_idx)
+        self.val_dataset = Subset(val_base, val_idx)
+        log.info("data %s: %d train / %d val images", self.source, len(train_idx), len(val_idx))
+
+    @property
+    def num_train(self) -> int:
+        """Number of training images (before any skips); sets the module up if needed."""
+        self.setup()
+        return len(self.train_dataset)
+
+    @property
+    def num_val(self) -> int:
+        """Number of held-out validation images; sets the module up if needed."""
+        self.setup()
+        return len(self.val_dataset)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        """A DataLoader yielding {"images", "skipped"} batches."""
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=self._generator if shuffle else None,
+            num_workers=self.num_workers,
+            collate_fn=make_collate(self.image_size),
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (reproducibly, by `seed`) training batches with flips/crops as configured."""
+        self.setup()
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Unshuffled, unflipped, centre-cropped validation batches."""
+        self.setup()
+        return self._loader(self.val_dataset, shuffle=False)

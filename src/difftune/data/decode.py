@@ -1,0 +1,187 @@
+"""Project-side image decoding: any file or bytes to an RGB training tensor, or a skip marker.
+
+`datasets` cannot skip a corrupt image, so the image column is read undecoded and decoded here.
+Alpha is composited on white; 16-bit greyscale is rescaled to 8 bit; EXIF orientation is applied.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+ImageSource = str | Path | bytes
+"""A file path or the encoded bytes of one image."""
+
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Marker returned instead of a tensor for an image that could not be decoded."""
+
+    reason: str
+    source: str = ""
+
+
+def skip_reason(exc: BaseException) -> str:
+    """A short reason (for batch["skipped"]) describing why decoding raised `exc`."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return "decompression bomb"
+    if isinstance(exc, UnidentifiedImageError):
+        return "unreadable"
+    if isinstance(exc, FileNotFoundError):
+        return "missing file"
+    if isinstance(exc, OSError) and "truncated" in str(exc).lower():
+        return "truncated"
+    if isinstance(exc, OSError | SyntaxError | EOFError):
+        return "corrupt"
+    return f"decode error ({type(exc).__name__})"
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    """Blend an image with transparency onto a white background."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """Rescale a 16-bit, 32-bit int or float greyscale image to 8-bit "L" (scaled, not clipped)."""
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        arr = arr / 257.0
+    elif img.mode == "F":
+        arr = arr * 255.0 if arr.size and arr.max() <= 1.0 else arr
+    elif arr.size and arr.max() > 255:  # mode "I": treat as 16-bit data, else already 8-bit range
+        arr = arr / 257.0 if arr.max() <= 65535 else arr * (255.0 / arr.max())
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB (alpha composited on white, 16-bit rescaled)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        return _composite_on_white(img)
+    if img.mode in _ALPHA_MODES:
+        return _composite_on_white(img)
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+        return _high_depth_to_l(img).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(source: ImageSource, draft_size: int | None = None) -> Image.Image:
+    """Decode `source` to an upright RGB image; JPEGs decode reduced (both sides >= draft_size).
+
+    Raises on unreadable data (see `skip_reason`); `decode_image` turns that into a `Skipped`.
+    """
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(fp) as img:
+        if draft_size is not None:
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        try:
+            ImageOps.exif_transpose(img, in_place=True)
+        except (ValueError, TypeError, KeyError, SyntaxError, OSError) as exc:
+            log.debug("ignoring unreadable EXIF orientation: %s", exc)  # keep the pixels
+        rgb = to_rgb(img)
+        return img.copy() if rgb is img and img.readonly else rgb  # detach from a memory map
+
+
+def resize_crop(
+    img: Image.Image,
+    size: int,
+    random_crop: bool = False,
+    generator: torch.Generator | None = None,
+) -> Image.Image:
+    """Resize the shorter side to `size` and crop a centre or random square, in one resample."""
+    w, h = img.size
+    scale = size / min(w, h)
+    crop_w, crop_h = size / scale, size / scale  # the crop window in source pixels
+    if random_crop:
+        u = torch.rand(2, generator=generator).tolist()
+        left, top = u[0] * (w - crop_w), u[1] * (h - crop_h)
+    else:
+        left, top = (w - crop_w) / 2, (h - crop_h) / 2
+    box = (left, top, left + crop_w, top + crop_h)
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB PIL image to a contiguous float32 C×H×W tensor scaled to [-1, 1]."""
+    arr = np.asarray(img).transpose(2, 0, 1).astype(np.float32, order="C")
+    np.divide(arr, 127.5, out=arr)
+    arr -= 1.0
+    return torch.from_numpy(arr)
+
+
+def decode_image(
+    source: ImageSource,
+    image_size: int,
+    flip: bool = False,
+    random_crop: bool = False,
+) -> torch.Tensor | Skipped:
+    """Decode, resize/crop, maybe flip (p=0.5) and scale one image, or say why it is skipped."""
+    name = source if isinstance(source, str | Path) else "<bytes>"
+    try:
+        empty = len(source) == 0 if isinstance(source, bytes) else os.path.getsize(source) == 0
+        if empty:
+            return Skipped("empty file", str(name))
+        img = resize_crop(open_image(source, draft_size=image_size), image_size, random_crop)
+    except Exception as exc:  # any decoder failure becomes a counted skip
+        reason = skip_reason(exc)
+        log.debug("skipping image %s: %s (%s)", name, reason, exc)
+        return Skipped(reason, str(name))
+    if flip and torch.rand(()) < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return to_tensor(img)
+
+
+class DecodedImageDataset(torch.utils.data.Dataset):
+    """Images from a sequence of paths/bytes, decoded on access; broken ones come back `Skipped`."""
+
+    def __init__(
+        self,
+        records: Sequence[ImageSource],
+        image_size: int,
+        flip: bool = False,
+        random_crop: bool = False,
+    ) -> None:
+        self.records = records
+        self.image_size = image_size
+        self.flip = flip
+        self.random_crop = random_crop
+
+    def __len__(self) -> int:
+        """Number of records (including ones that will turn out broken)."""
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> torch.Tensor | Skipped:
+        """The decoded C×H×W tensor in [-1, 1], or a `Skipped` marker with a reason."""
+        return decode_image(self.records[index], self.image_size, self.flip, self.random_crop)
+
+
+def collate(items: Sequence[torch.Tensor | Skipped], image_size: int) -> dict:
+    """Stack the decoded images; list the reasons of the skipped ones: {"images", "skipped"}."""
+    images = [item for item in items if isinstance(item, torch.Tensor)]
+    skipped = [item.reason for item in items if isinstance(item, Skipped)]
+    if images:
+        return {"images": torch.stack(images), "skipped": skipped}
+    return {"images": torch.empty(0, 3, image_size, image_size), "skipped": skipped}
+
+
+def make_collate(image_size: int) -> partial:
+    """A picklable collate_fn (works with num_workers > 0) for batches of `image_size` images."""
+    return partial(collate, image_size=image_size)

@@ -1,0 +1,29 @@
+"""Colour loss on x̂0 (the article's `color_loss`, from the HF diffusion-models-class, unit 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from difftune.guidance.guide import GuidanceError
+
+
+class ColorLoss:
+    """Mean |x̂0 − (2·c − 1)| over pixels, channels and batch, c an RGB colour in [0, 1]."""
+
+    def __init__(self, target_rgb: Sequence[float] = (0.8, 0.4, 0.6)) -> None:
+        target = tuple(float(v) for v in target_rgb)
+        if len(target) != 3 or not all(0.0 <= v <= 1.0 for v in target):
+            raise GuidanceError(
+                f"ColorLoss target_rgb={tuple(target_rgb)!r}: expected 3 values in [0, 1]"
+            )
+        self.target_rgb = target
+
+    def __repr__(self) -> str:
+        return f"ColorLoss(target_rgb={self.target_rgb})"
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch x̂0 (B×3×H×W, model space [-1, 1])."""
+        target = torch.tensor(self.target_rgb, device=x0.device) * 2 - 1  # [0, 1] -> [-1, 1]
+        return (x0 - target.to(x0.dtype)[None, :, None, None]).abs().mean()

@@ -1,0 +1,207 @@
+"""Guidance: the one place that turns a loss on x̂0 into a gradient on x_t or a correction on ε."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+from difftune.errors import DifftuneError
+
+
+class GuidanceError(DifftuneError, ValueError):
+    """A bad guidance setting (unknown schedule or target, empty prompt, ...), as one line."""
+
+
+def _ones(alpha_prod_t: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(alpha_prod_t)
+
+
+def _alpha_bar(alpha_prod_t: torch.Tensor) -> torch.Tensor:
+    return alpha_prod_t
+
+
+def _sqrt_alpha_bar(alpha_prod_t: torch.Tensor) -> torch.Tensor:
+    return alpha_prod_t.sqrt()
+
+
+def _sqrt_one_minus_alpha_bar(alpha_prod_t: torch.Tensor) -> torch.Tensor:
+    return (1 - alpha_prod_t).sqrt()
+
+
+#: Gradient-scaling schedules w(ᾱ_t), evaluated at ᾱ_t = alphas_cumprod[t] (t the timestep).
+SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none": _ones,
+    "alpha_bar": _alpha_bar,
+    "sqrt_alpha_bar": _sqrt_alpha_bar,
+    "sqrt_one_minus_alpha_bar": _sqrt_one_minus_alpha_bar,
+}
+APPLY_TO = ("x", "eps")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def alpha_prod_at(
+    scheduler, t: torch.Tensor | int, device: torch.device | None = None
+) -> torch.Tensor:
+    """ᾱ_t = scheduler.alphas_cumprod[t], indexed by the timestep t (never by the loop index)."""
+    return scheduler.alphas_cumprod[int(t)].to(device)
+
+
+def predict_x0(
+    model_output: torch.Tensor, x_t: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """x̂0 from the model output: DDIM eq. 12 (epsilon), Salimans & Ho 2022 (v), or direct."""
+    if prediction_type == "epsilon":
+        return (x_t - (1 - alpha_prod_t) ** 0.5 * model_output) / alpha_prod_t**0.5
+    if prediction_type == "v_prediction":
+        return alpha_prod_t**0.5 * x_t - (1 - alpha_prod_t) ** 0.5 * model_output
+    if prediction_type == "sample":
+        return model_output
+    raise GuidanceError(f"prediction_type={prediction_type!r}: expected one of {PREDICTION_TYPES}")
+
+
+def to_epsilon(
+    model_output: torch.Tensor, x_t: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """ε̂ from the model output, inverting x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (Ho et al. 2020, eq. 4)."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":
+        return alpha_prod_t**0.5 * model_output + (1 - alpha_prod_t) ** 0.5 * x_t
+    if prediction_type == "sample":
+        return (x_t - alpha_prod_t**0.5 * model_output) / (1 - alpha_prod_t) ** 0.5
+    raise GuidanceError(f"prediction_type={prediction_type!r}: expected one of {PREDICTION_TYPES}")
+
+
+def eps_shift_to_output(
+    delta_eps: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The model-output change that shifts ε̂ by delta_eps at a fixed x_t."""
+    if prediction_type == "epsilon":
+        return delta_eps
+    if prediction_type == "v_prediction":
+        return delta_eps / alpha_prod_t**0.5
+    if prediction_type == "sample":
+        return -delta_eps * (1 - alpha_prod_t) ** 0.5 / alpha_prod_t**0.5
+    raise GuidanceError(f"prediction_type={prediction_type!r}: expected one of {PREDICTION_TYPES}")
+
+
+class Guidance:
+    """Loss guidance on x̂0 (Dhariwal & Nichol 2021, eq. 14 for apply_to="eps")."""
+
+    def __init__(
+        self,
+        loss: Callable[[torch.Tensor], torch.Tensor],
+        scale: float,
+        through_unet: bool = False,
+        schedule: str = "none",
+        apply_to: str = "x",
+        grad_clip_rms: float | None = None,
+    ) -> None:
+        if not callable(loss):
+            raise GuidanceError(f"guidance loss={loss!r} is not callable: pass x0 -> scalar tensor")
+        if not math.isfinite(float(scale)):
+            raise GuidanceError(f"guidance scale={scale!r}: expected a finite number")
+        if schedule not in SCHEDULES:
+            raise GuidanceError(
+                f"guidance schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}"
+            )
+        if apply_to not in APPLY_TO:
+            raise GuidanceError(
+                f"guidance apply_to={apply_to!r}: expected one of {', '.join(APPLY_TO)}"
+            )
+        if grad_clip_rms is not None and not float(grad_clip_rms) > 0:
+            raise GuidanceError(f"guidance grad_clip_rms={grad_clip_rms!r}: expected > 0 or None")
+        self.loss = loss
+        self.scale = float(scale)
+        self.through_unet = bool(through_unet)
+        self.schedule = schedule
+        self.apply_to = apply_to
+        self.grad_clip_rms = None if grad_clip_rms is None else float(grad_clip_rms)
+        #: steps of the last sample() where the gradient was not finite (taken unguided)
+        self.nonfinite_steps = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Guidance({self.loss!r}, scale={self.scale}, through_unet={self.through_unet}, "
+            f"schedule={self.schedule!r}, apply_to={self.apply_to!r}, "
+            f"grad_clip_rms={self.grad_clip_rms})"
+        )
+
+    def weight(self, alpha_prod_t: torch.Tensor) -> torch.Tensor:
+        """w(ᾱ_t) of the chosen schedule."""
+        return SCHEDULES[self.schedule](alpha_prod_t)
+
+    def begin(self) -> None:
+        """Reset the non-finite counter at the start of a sampling run."""
+        self.nonfinite_steps = 0
+
+    def end(self) -> None:
+        """Warn once per run when some steps were taken unguided."""
+        if self.nonfinite_steps:
+            warnings.warn(
+                f"{self!r}: non-finite guidance gradient at {self.nonfinite_steps} step(s); "
+                "those steps were taken unguided",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def gradient(
+        self,
+        x_t: torch.Tensor,
+        model_output: torch.Tensor,
+        alpha_prod_t: torch.Tensor,
+        prediction_type: str,
+        retain_graph: bool = False,
+    ) -> torch.Tensor | None:
+        """s·w(t)·∇_{x_t} L(x̂0(x_t)), RMS-clamped per sample; None where not finite."""
+        with torch.enable_grad():
+            if self.through_unet:
+                # exact: x_t is the leaf the UNet saw, model_output carries its graph
+                x_in = x_t
+                x0_pred = predict_x0(model_output, x_in, alpha_prod_t, prediction_type)
+            else:
+                # cheap: ε̂ held fixed, differentiate x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t only
+                x_in = x_t.detach().requires_grad_()
+                eps = to_epsilon(model_output.detach(), x_t.detach(), alpha_prod_t, prediction_type)
+                x0_pred = predict_x0(eps, x_in, alpha_prod_t, "epsilon")
+            loss = self.loss(x0_pred) * (self.scale * self.weight(alpha_prod_t))
+            (grad,) = torch.autograd.grad(loss.sum(), x_in, retain_graph=retain_graph)
+        if not bool(torch.isfinite(grad).all()):
+            self.nonfinite_steps += 1
+            return None
+        if self.grad_clip_rms is not None:
+            rms = grad.pow(2).flatten(1).mean(1).sqrt()
+            factor = (self.grad_clip_rms / rms).clamp(max=1.0)
+            grad = grad * factor.view(-1, *([1] * (grad.dim() - 1)))
+        return grad
+
+
+def apply_guidance(
+    guidances: Sequence[Guidance],
+    x_t: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_prod_t: torch.Tensor,
+    prediction_type: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the guidance terms at (x_t, ε̂) and return the guided (x_t, model_output), detached."""
+    last_through_unet = max((k for k, g in enumerate(guidances) if g.through_unet), default=-1)
+    delta_x: torch.Tensor | None = None
+    delta_eps: torch.Tensor | None = None
+    for k, g in enumerate(guidances):
+        grad = g.gradient(x_t, model_output, alpha_prod_t, prediction_type, k < last_through_unet)
+        if grad is None:
+            continue
+        if g.apply_to == "x":  # x_t ← x_t − s·w(t)·∇L
+            delta_x = grad if delta_x is None else delta_x + grad
+        else:  # ε ← ε + √(1−ᾱ_t)·s·w(t)·∇L
+            shift = (1 - alpha_prod_t) ** 0.5 * grad
+            delta_eps = shift if delta_eps is None else delta_eps + shift
+    x_t, model_output = x_t.detach(), model_output.detach()
+    if delta_x is not None:
+        x_t = x_t - delta_x
+    if delta_eps is not None:
+        model_output = model_output + eps_shift_to_output(delta_eps, alpha_prod_t, prediction_type)
+    return x_t, model_output
