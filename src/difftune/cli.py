@@ -8,6 +8,15 @@ from typing import Any
 from difftune.errors import DifftuneError
 
 
+def user_error(err: BaseException) -> DifftuneError | None:
+    """The `DifftuneError` behind `err`, also when Hydra's instantiate wrapped it."""
+    while err is not None:
+        if isinstance(err, DifftuneError):
+            return err
+        err = err.__cause__
+    return None
+
+
 def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Hydra task function so `DifftuneError`s end the process with their message."""
 
@@ -15,8 +24,11 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except DifftuneError as err:
-            sys.stderr.write(f"error: {err}\n")
+        except Exception as err:
+            cause = user_error(err)
+            if cause is None:
+                raise
+            sys.stderr.write(f"error: {cause}\n")
             sys.exit(2)
 
     return wrapper

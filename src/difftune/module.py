@@ -54,7 +54,7 @@ class DiffusionFineTuner(LightningModule):
                 f"scheduler prediction_type='{prediction_type}' is not one of "
                 f"{', '.join(PREDICTION_TYPES)}"
             )
-        self.unet = unet
+        self.unet = unet.train()  # from_pretrained returns eval mode; Lightning keeps modes
         self.noise_scheduler = noise_scheduler
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler

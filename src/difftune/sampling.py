@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from difftune.guidance.guide import Guidance, alpha_prod_at, apply_guidance, predict_x0
+from difftune.errors import DifftuneError
+from difftune.guidance.guide import Guidance, alphas_at, apply_guidance, predict_x0
 
 
 def _unet_output(
@@ -23,9 +24,13 @@ def _unet_output(
 def _as_list(guidance: Guidance | Sequence[Guidance] | None) -> list[Guidance]:
     if guidance is None:
         return []
-    if isinstance(guidance, Guidance):
-        return [guidance]
-    return list(guidance)
+    guidances = [guidance] if isinstance(guidance, Guidance) else list(guidance)
+    for g in guidances:
+        if not isinstance(g, Guidance):
+            raise DifftuneError(
+                f"sample guidance={g!r}: expected a Guidance, a list of them or None"
+            )
+    return guidances
 
 
 def sample(
@@ -41,6 +46,8 @@ def sample(
 
     Returns the raw final sample in model space (not clamped), on ``noise``'s device and dtype.
     """
+    if int(num_inference_steps) < 1:
+        raise DifftuneError(f"sample num_inference_steps={num_inference_steps!r}: expected >= 1")
     guidances = _as_list(guidance)
     grad_through_unet = any(g.through_unet for g in guidances)
     prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
@@ -50,9 +57,10 @@ def sample(
     # 1. the timesteps (descending) and x_T, scaled for schedulers that work in sigma space
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
     x_t = noise * scheduler.init_noise_sigma
+    alpha_prods = alphas_at(scheduler, scheduler.timesteps, noise.device)  # ᾱ_t, t the timestep
 
     for i, t in enumerate(scheduler.timesteps):
-        alpha_prod_t = alpha_prod_at(scheduler, t, x_t.device)
+        alpha_prod_t = alpha_prods[i]
 
         # 2. the model output at x_t; a graph through the UNet only when a guidance needs one
         with torch.set_grad_enabled(grad_through_unet):

@@ -13,17 +13,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from difftune.data.decode import DecodedImageDataset, ImageSource, decode_image, make_collate
+from difftune.data.sources import IMAGE_EXTENSIONS, list_image_files, load_hf_records
 from difftune.data.synthetic import STYLES, SyntheticStyleDataset
 from difftune.errors import DifftuneError
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "hf", "imagefolder")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-_OFFLINE_HINT = (
-    "to work offline use data=imagefolder data.data_dir=DIR, or data=synthetic, "
-    "or HF_DATASETS_OFFLINE=1 with the dataset already in the HF cache"
-)
 
 
 def _check_int(key: str, value: object, minimum: int, allow_none: bool = False) -> None:
@@ -34,82 +30,6 @@ def _check_int(key: str, value: object, minimum: int, allow_none: bool = False) 
         raise DifftuneError(f"data.{key}={value!r} must be an integer")
     if value < minimum:
         raise DifftuneError(f"data.{key}={value} must be >= {minimum}")
-
-
-def _one_line(text: str, limit: int = 240) -> str:
-    """Collapse whitespace/newlines and shorten, so a library's message fits one error line."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def list_image_files(data_dir: str | Path) -> list[str]:
-    """Image files under `data_dir` (recursive, sorted, hidden files and folders left out)."""
-    root = Path(data_dir)
-    files = [
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.is_file()
-    ]
-    return [str(p) for p in sorted(files, key=lambda p: p.relative_to(root).as_posix())]
-
-
-class HFImageRecords(Sequence):
-    """The undecoded image column of a `datasets.Dataset`: each item is the bytes or the path."""
-
-    def __init__(self, dataset: object, column: str) -> None:
-        self.dataset = dataset
-        self.column = column
-
-    def __len__(self) -> int:
-        """Number of rows."""
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> ImageSource:
-        """Encoded bytes of row `index` (or its file path when the bytes are not stored)."""
-        value = self.dataset[index][self.column] or {}
-        return value.get("bytes") or value.get("path") or b""
-
-
-def load_hf_records(dataset_name: str, split: str, image_column: str) -> HFImageRecords:
-    """Load a hub dataset, a local hub-style folder or a `save_to_disk` dir, without decoding."""
-    import datasets  # slow import, only needed for this source
-
-    try:
-        path = Path(dataset_name).expanduser()
-        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
-            ds = datasets.load_from_disk(str(path))
-            if isinstance(ds, datasets.DatasetDict):
-                if split not in ds:
-                    raise DifftuneError(
-                        f"data.split={split!r} is not one of {', '.join(ds)} in {dataset_name}"
-                    )
-                ds = ds[split]
-        else:
-            ds = datasets.load_dataset(dataset_name, split=split)
-    except DifftuneError:
-        raise
-    except Exception as exc:
-        raise DifftuneError(
-            f"could not load data.dataset_name={dataset_name!r} (split={split!r}): "
-            f"{type(exc).__name__}: {_one_line(str(exc))}; {_OFFLINE_HINT}"
-        ) from exc
-    if image_column not in ds.column_names:
-        raise DifftuneError(
-            f"data.image_column={image_column!r} is not one of {', '.join(ds.column_names)} "
-            f"(columns of {dataset_name})"
-        )
-    try:
-        ds = ds.select_columns([image_column]).cast_column(
-            image_column, datasets.Image(decode=False)
-        )
-    except Exception as exc:
-        raise DifftuneError(
-            f"data.image_column={image_column!r} of {dataset_name} is not an image column: "
-            f"{_one_line(str(exc))}"
-        ) from exc
-    return HFImageRecords(ds, image_column)
 
 
 class ImageDataModule(pl.LightningDataModule):

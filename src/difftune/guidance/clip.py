@@ -84,7 +84,10 @@ def load_clip(model_name: str, pretrained: str | None, device: str | torch.devic
     try:
         model = open_clip.create_model(model_name, device=device, **kwargs)
     except RuntimeError as err:
-        raise GuidanceError(f"ClipLoss: could not load open_clip {model_name}: {err}") from err
+        raise GuidanceError(
+            f"ClipLoss: could not load open_clip {model_name} ({err}); offline, pass "
+            "pretrained='/path/to/open_clip_pytorch_model.bin'"
+        ) from err
     return model.eval().requires_grad_(False)
 
 

@@ -42,11 +42,11 @@ APPLY_TO = ("x", "eps")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def alpha_prod_at(
-    scheduler, t: torch.Tensor | int, device: torch.device | None = None
+def alphas_at(
+    scheduler, timesteps: torch.Tensor, device: torch.device | None = None
 ) -> torch.Tensor:
-    """ᾱ_t = scheduler.alphas_cumprod[t], indexed by the timestep t (never by the loop index)."""
-    return scheduler.alphas_cumprod[int(t)].to(device)
+    """ᾱ_t = scheduler.alphas_cumprod[t] for each timestep t (never indexed by the loop step)."""
+    return scheduler.alphas_cumprod.to(device)[timesteps.to(device).long()]
 
 
 def predict_x0(

@@ -1,0 +1,166 @@
+"""`train(cfg)` from the real config: experiments, the offline default, resume, bad input."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMPipeline
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from difftune import pipeline_io
+from difftune.errors import DifftuneError
+from difftune.train import build, train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def compose_train(*overrides: str, output_dir: Path) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={output_dir}", *overrides])
+    return cfg
+
+
+def shrink(cfg: DictConfig, steps: int = 4) -> DictConfig:
+    """CPU, few steps, cheap grids: what every test run of a composed config needs."""
+    with open_dict(cfg):
+        cfg.trainer.update(accelerator="cpu", devices=1, precision="32-true", max_steps=steps)
+        cfg.trainer.update(val_check_interval=steps, enable_progress_bar=False, max_epochs=-1)
+        cfg.callbacks.sample_grid.update(every_n_steps=steps, num_images=2, num_inference_steps=2)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "experiment, expected",
+    [
+        ("vintage_faces", dict(size=128, batch=8, accumulate=2, lr=1e-5, grid=100, ckpt=1000)),
+        ("wikiart", dict(size=256, batch=4, accumulate=2, lr=1e-5, grid=250, ckpt=2500)),
+    ],
+)
+def test_paper_experiments_compose_and_train_on_local_stand_ins(
+    experiment, expected, tiny_pipeline_dir, image_folder, tmp_path
+):
+    cfg = compose_train(f"experiment={experiment}", output_dir=tmp_path)
+    assert cfg.model.pretrained in {"google/ddpm-celebahq-256", "google/ddpm-bedroom-256"}
+    assert cfg.data.source == "hf" and cfg.trainer.precision == "bf16-mixed"
+    assert (cfg.data.image_size, cfg.data.batch_size) == (expected["size"], expected["batch"])
+    assert cfg.trainer.accumulate_grad_batches == expected["accumulate"]
+    assert cfg.model.optimizer.lr == expected["lr"]
+    assert cfg.callbacks.sample_grid.every_n_steps == expected["grid"]
+    assert cfg.callbacks.model_checkpoint.every_n_train_steps == expected["ckpt"]
+
+    # The same experiment with the hub ids swapped for a tiny local pipeline and image folder.
+    cfg = compose_train(
+        f"experiment={experiment}", f"model.pretrained={tiny_pipeline_dir}", "hardware=cpu",
+        "data.source=imagefolder", f"+data.data_dir={image_folder}", "data.image_size=32",
+        "data.val_size=2", "data.num_workers=0", output_dir=tmp_path,
+    )  # fmt: skip
+    datamodule, module, trainer = build(shrink(cfg, steps=2))
+    assert trainer.accumulate_grad_batches == expected["accumulate"]
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 2
+    assert (tmp_path / "samples" / "step_000002.png").is_file()
+
+
+def test_every_config_option_composes(tmp_path):
+    for group in ["model", "data", "hardware", "logger", "ema", "experiment"]:
+        for option in sorted(p.stem for p in (CONF / group).glob("[!_]*.yaml")):
+            cfg = compose_train(f"{group}={option}", output_dir=tmp_path)
+            assert cfg.trainer._target_ == "lightning.pytorch.Trainer", (group, option)
+
+
+@pytest.mark.slow
+def test_offline_default_end_to_end(tmp_path):
+    """`python train.py` as composed, shortened: every output of a run, loadable."""
+    cfg = shrink(compose_train(output_dir=tmp_path), steps=40)
+    with open_dict(cfg):
+        cfg.callbacks.sample_grid.update(every_n_steps=20, num_images=4, num_inference_steps=10)
+        cfg.trainer.val_check_interval = 20
+    metrics = train(cfg)
+
+    assert metrics["train/loss"] < 0.2 and metrics["val/loss"] < 0.2
+    samples = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert samples == ["step_000000.png", "step_000020.png", "step_000040.png"]
+    assert Image.open(tmp_path / "samples" / "step_000040.png").size == (2 + 2 * 34, 2 + 2 * 34)
+    assert Image.open(tmp_path / "loss_curve.png").size[0] > 400
+    csv = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert "train/loss" in csv[0] and "val/loss" in csv[0]
+    assert len([line for line in csv[1:] if line]) >= 40 // cfg.trainer.log_every_n_steps
+
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 40
+    pipeline = DDPMPipeline.from_pretrained(tmp_path / "pipeline")
+    exported = pipeline.unet.state_dict()
+    for key, value in checkpoint["state_dict"].items():
+        torch.testing.assert_close(exported[key.removeprefix("unet.")], value)
+    base = pipeline_io.load_unet("difftune/tiny_base").state_dict()
+    assert any(not torch.equal(base[k], exported[k]) for k in base)
+
+
+@pytest.mark.slow
+def test_resume_from_last_checkpoint_continues_the_run(tmp_path, tiny_pipeline_dir):
+    def run(out: Path, steps: int, *extra: str) -> dict:
+        model = f"model.pretrained={tiny_pipeline_dir}"
+        cfg = compose_train(model, "data.image_size=16", *extra, output_dir=out)
+        return train(shrink(cfg, steps=steps))
+
+    run(tmp_path / "first", 3)
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    run(tmp_path / "resumed", 6, f"ckpt_path={last}")
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == 6
+    with open(tmp_path / "resumed" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert min(steps) >= 3  # logging continued from the checkpoint's step, not from 0
+
+
+BAD_INPUTS = [
+    ("model.pretrained=/no/such/dir", "model.pretrained='/no/such/dir': no such directory"),
+    ("data.image_size=30", "data.image_size=30 cannot go through this UNet: use a multiple of 4"),
+    ("data.batch_size=0", "data.batch_size=0 must be an integer >= 1"),
+    ("trainer.accumulate_grad_batches=0", "accumulate_grad_batches=0 must be an integer >= 1"),
+    ("model.optimizer.lr=-1e-5", "model.optimizer.lr=-1e-05 must be a number > 0"),
+    ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt does not exist"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_INPUTS)
+def test_bad_input_is_rejected_before_any_model_is_loaded(override, message, tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(pipeline_io.UNet2DModel, "from_pretrained", forbidden)
+    with pytest.raises(DifftuneError, match=message.replace("(", r"\(")):
+        train(compose_train(override, output_dir=tmp_path))
+
+
+def test_hub_model_offline_is_one_line_and_exit_status_2(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "train.py", "model=ddpm_celebahq_256", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "Traceback" not in result.stderr
+    assert "model.pretrained='google/ddpm-celebahq-256'" in error_lines[0]
+    assert "model=tiny_base" in error_lines[0] and "HF_HUB_OFFLINE" in error_lines[0]
+
+
+def test_dataset_without_decodable_images_fails_before_training(tmp_path, tiny_pipeline_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"")
+    (broken / "b.png").write_text("not an image")
+    cfg = compose_train(
+        f"model.pretrained={tiny_pipeline_dir}", "data=imagefolder", f"data.data_dir={broken}",
+        output_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(DifftuneError, match="no decodable image"):
+        train(shrink(cfg))
+    assert not (tmp_path / "checkpoints").exists()
