@@ -46,7 +46,8 @@ class SampleGrid(Callback):
     def write(self, trainer: Trainer, pl_module: LightningModule) -> Path:
         """Sample the fixed noise with the current weights and save the grid for this step."""
         unet = self._unet(trainer, pl_module)
-        size = self.image_size or trainer.datamodule.image_size
+        datamodule_size = getattr(trainer.datamodule, "image_size", None)
+        size = self.image_size or datamodule_size or unet.config.sample_size
         generator = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(
             self.num_images, unet.config.in_channels, size, size, generator=generator

@@ -1,0 +1,99 @@
+"""`generate(cfg)`: load a pipeline, sample it (guided or not), write grid, images, progression."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from difftune.config_checks import check_image_size
+from difftune.errors import DifftuneError
+from difftune.images import save_grid, to_pil_list
+from difftune.pipeline_io import load_noise_scheduler, load_unet, load_unet_config
+from difftune.plotting import plot_progression, plot_schedules
+from difftune.sampling import sample
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+    "dpm_solver": DPMSolverMultistepScheduler,
+}
+PLOTS = ("schedules",)
+
+
+def make_scheduler(name: str, pretrained: str) -> Any:
+    """The sampling scheduler `name`, built from the pipeline's own noise schedule."""
+    if name not in SCHEDULERS:
+        raise DifftuneError(f"scheduler={name!r} is not one of {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name].from_config(load_noise_scheduler(pretrained).config)
+
+
+def _check(cfg: DictConfig) -> None:
+    for key in ("num_images", "batch_size", "num_inference_steps", "progression_every"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or value < 1:
+            raise DifftuneError(f"{key}={value} must be an integer >= 1")
+    if cfg.scheduler not in SCHEDULERS:
+        raise DifftuneError(f"scheduler={cfg.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    if cfg.get("plot") not in (None, *PLOTS):
+        raise DifftuneError(f"plot={cfg.plot!r} is not one of {', '.join(PLOTS)} (or null)")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise DifftuneError(f"device={cfg.device!r} is not one of auto, cpu, cuda")
+
+
+def generate(cfg: DictConfig) -> Path:
+    """Sample `cfg.pretrained` into `cfg.paths.output_dir`; returns the path of `grid.png`."""
+    _check(cfg)
+    out = Path(cfg.paths.output_dir)
+    if cfg.get("plot") == "schedules":
+        alphas_cumprod = load_noise_scheduler(cfg.pretrained).alphas_cumprod
+        path = plot_schedules(alphas_cumprod, out / "schedules.png")
+        log.info("wrote %s", path)
+        return path
+    unet_config = load_unet_config(cfg.pretrained)
+    size = cfg.image_size or unet_config["sample_size"]
+    check_image_size(size, unet_config)
+    guidance = None
+    if cfg.guidance.get("guide") is not None:
+        guidance = hydra.utils.instantiate(cfg.guidance.guide)
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
+    unet = load_unet(cfg.pretrained).to(device).eval().requires_grad_(False)
+    scheduler = make_scheduler(cfg.scheduler, cfg.pretrained)
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    noise = torch.randn(cfg.num_images, unet.config.in_channels, size, size, generator=generator)
+    step_generator = torch.Generator(device).manual_seed(cfg.seed)  # DDPM's per-step noise
+    progression: list[dict] = []
+    num_batches = -(-cfg.num_images // cfg.batch_size)
+    bar = tqdm(total=num_batches * cfg.num_inference_steps, desc="sampling", unit="step")
+
+    def record(step: dict) -> None:  # the first batch's steps, every `progression_every`
+        bar.update()
+        if step["i"] % cfg.progression_every == 0 or step["i"] == cfg.num_inference_steps - 1:
+            progression.append({**step, "x_t": step["x_t"].cpu(), "x0": step["x0"].cpu()})
+
+    images = []
+    for start in range(0, cfg.num_images, cfg.batch_size):
+        batch = noise[start : start + cfg.batch_size].to(device)
+        callback = record if start == 0 else (lambda step: bar.update())
+        x_0 = sample(
+            unet, scheduler, batch, cfg.num_inference_steps, guidance, step_generator, callback
+        )
+        images.append(x_0.detach().cpu())
+    bar.close()
+    x_0 = torch.cat(images)
+    for index, image in enumerate(to_pil_list(x_0)):
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        image.save(out / "images" / f"{index:04d}.png")
+    plot_progression(progression, out / "progression.png")
+    grid = save_grid(x_0, out / "grid.png")
+    log.info("wrote %s, %d images and progression.png", grid, len(x_0))
+    return grid

@@ -1,0 +1,54 @@
+"""Figures: the denoising progression (x_t beside x̂0) and the guidance-scaling schedules."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from difftune.guidance import SCHEDULES  # noqa: E402
+from difftune.images import to_unit  # noqa: E402
+
+
+def _grid(x: torch.Tensor, nrow: int) -> torch.Tensor:
+    return torchvision.utils.make_grid(to_unit(x).float().cpu(), nrow=nrow).permute(1, 2, 0)
+
+
+def plot_progression(steps: list[dict], path: str | Path, nrow: int = 4) -> Path:
+    """One row per recorded step: the current x_t (left) and the x̂0 it predicts (right)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grids = [
+        (_grid(s["x_t"][: nrow * nrow], nrow), _grid(s["x0"][: nrow * nrow], nrow)) for s in steps
+    ]
+    aspect = grids[0][0].shape[0] / grids[0][0].shape[1]
+    size = (8, (4 * aspect + 0.4) * len(steps))
+    fig, axes = plt.subplots(len(steps), 2, figsize=size, squeeze=False)
+    for row, step, pair in zip(axes, steps, grids, strict=True):
+        for ax, grid, title in ((row[0], pair[0], "x_t"), (row[1], pair[1], "predicted x̂0")):
+            ax.imshow(grid)
+            ax.set_title(f"{title} (step {step['i']}, t={int(step['t'])})")
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_schedules(alphas_cumprod: torch.Tensor, path: str | Path) -> Path:
+    """The four guidance-gradient weights w(ᾱ_t) over the training timesteps t."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, weight in SCHEDULES.items():
+        ax.plot(weight(alphas_cumprod.float()).numpy(), label=name)
+    ax.set(xlabel="timestep t", ylabel="gradient weight w(t)", title="Guidance scaling schedules")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
