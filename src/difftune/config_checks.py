@@ -26,12 +26,14 @@ def unet_config_of(model_cfg: DictConfig) -> dict[str, Any]:
     return dict(model_cfg.unet)
 
 
-def check_image_size(image_size: Any, unet_config: dict[str, Any]) -> None:
-    """`data.image_size` must be a positive multiple of the UNet's downsampling factor."""
+def check_image_size(
+    image_size: Any, unet_config: dict[str, Any], key: str = "data.image_size"
+) -> None:
+    """The image size must be a positive multiple of the UNet's downsampling factor."""
     factor = unet_downsample_factor(unet_config)
     _require(
         _positive_int(image_size) and image_size % factor == 0,
-        f"data.image_size={image_size} cannot go through this UNet: use a multiple of {factor} "
+        f"{key}={image_size} cannot go through this UNet: use a multiple of {factor} "
         f"(e.g. {max(factor, 32 // factor * factor)}, 64, 128, 256)",
     )
 

@@ -58,7 +58,7 @@ def generate(cfg: DictConfig) -> Path:
         return path
     unet_config = load_unet_config(cfg.pretrained)
     size = cfg.image_size or unet_config["sample_size"]
-    check_image_size(size, unet_config)
+    check_image_size(size, unet_config, key="image_size")
     guidance = None
     if cfg.guidance.get("guide") is not None:
         guidance = hydra.utils.instantiate(cfg.guidance.guide)

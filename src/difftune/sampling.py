@@ -24,7 +24,7 @@ def _unet_output(
 def _as_list(guidance: Guidance | Sequence[Guidance] | None) -> list[Guidance]:
     if guidance is None:
         return []
-    guidances = [guidance] if isinstance(guidance, Guidance) else list(guidance)
+    guidances = list(guidance) if isinstance(guidance, (list, tuple)) else [guidance]
     for g in guidances:
         if not isinstance(g, Guidance):
             raise DifftuneError(
