@@ -9,6 +9,15 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from PIL import Image
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core box OpenMP barriers cost 100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_tiny_unet(sample_size: int = 16, seed: int = 0) -> UNet2DModel:
     """A ~100k-parameter UNet2DModel with two resolutions (input sizes must be multiples of 2)."""
     torch.manual_seed(seed)

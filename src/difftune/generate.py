@@ -31,7 +31,7 @@ def make_scheduler(name: str, pretrained: str) -> Any:
     """The sampling scheduler `name`, built from the pipeline's own noise schedule."""
     if name not in SCHEDULERS:
         raise DifftuneError(f"scheduler={name!r} is not one of {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name].from_config(load_noise_scheduler(pretrained).config)
+    return SCHEDULERS[name].from_config(load_noise_scheduler(pretrained, key="pretrained").config)
 
 
 def _check(cfg: DictConfig) -> None:
@@ -52,11 +52,11 @@ def generate(cfg: DictConfig) -> Path:
     _check(cfg)
     out = Path(cfg.paths.output_dir)
     if cfg.get("plot") == "schedules":
-        alphas_cumprod = load_noise_scheduler(cfg.pretrained).alphas_cumprod
+        alphas_cumprod = load_noise_scheduler(cfg.pretrained, key="pretrained").alphas_cumprod
         path = plot_schedules(alphas_cumprod, out / "schedules.png")
         log.info("wrote %s", path)
         return path
-    unet_config = load_unet_config(cfg.pretrained)
+    unet_config = load_unet_config(cfg.pretrained, key="pretrained")
     size = cfg.image_size or unet_config["sample_size"]
     check_image_size(size, unet_config, key="image_size")
     guidance = None
@@ -65,7 +65,7 @@ def generate(cfg: DictConfig) -> Path:
     device = (
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
-    unet = load_unet(cfg.pretrained).to(device).eval().requires_grad_(False)
+    unet = load_unet(cfg.pretrained, key="pretrained").to(device).eval().requires_grad_(False)
     scheduler = make_scheduler(cfg.scheduler, cfg.pretrained)
 
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -28,33 +28,35 @@ def resolve_pretrained(pretrained: str) -> str:
     return str(pretrained)
 
 
-def _load(fn: Any, pretrained: str, what: str, **kwargs: Any) -> Any:
+def _load(fn: Any, pretrained: str, what: str, key: str, **kwargs: Any) -> Any:
     path = resolve_pretrained(pretrained)
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
     if looks_local and not Path(path).expanduser().exists():
-        raise DifftuneError(f"model.pretrained='{pretrained}': no such directory; {OFFLINE_HINT}")
+        raise DifftuneError(f"{key}='{pretrained}': no such directory; {OFFLINE_HINT}")
     try:
         return fn(path, **kwargs)
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise DifftuneError(
-            f"model.pretrained='{pretrained}': could not load its {what} ({reason}); {OFFLINE_HINT}"
+            f"{key}='{pretrained}': could not load its {what} ({reason}); {OFFLINE_HINT}"
         ) from err
 
 
-def load_unet_config(pretrained: str) -> dict[str, Any]:
+def load_unet_config(pretrained: str, key: str = "model.pretrained") -> dict[str, Any]:
     """Read only `unet/config.json` (no weights), e.g. to validate `data.image_size` early."""
-    return dict(_load(UNet2DModel.load_config, pretrained, "UNet config", subfolder="unet"))
+    return dict(_load(UNet2DModel.load_config, pretrained, "UNet config", key, subfolder="unet"))
 
 
-def load_unet(pretrained: str) -> UNet2DModel:
+def load_unet(pretrained: str, key: str = "model.pretrained") -> UNet2DModel:
     """The pipeline's UNet2DModel, from safetensors when the repo has them."""
-    return _load(UNet2DModel.from_pretrained, pretrained, "UNet", subfolder="unet")
+    return _load(UNet2DModel.from_pretrained, pretrained, "UNet", key, subfolder="unet")
 
 
-def load_noise_scheduler(pretrained: str) -> DDPMScheduler:
+def load_noise_scheduler(pretrained: str, key: str = "model.pretrained") -> DDPMScheduler:
     """The pipeline's training noise schedule (betas, prediction_type) as a DDPMScheduler."""
-    config = _load(DDPMScheduler.load_config, pretrained, "scheduler config", subfolder="scheduler")
+    config = _load(
+        DDPMScheduler.load_config, pretrained, "scheduler config", key, subfolder="scheduler"
+    )
     return DDPMScheduler.from_config(config)
 
 

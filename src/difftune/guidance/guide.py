@@ -102,7 +102,11 @@ class Guidance:
     ) -> None:
         if not callable(loss):
             raise GuidanceError(f"guidance loss={loss!r} is not callable: pass x0 -> scalar tensor")
-        if not math.isfinite(float(scale)):
+        try:
+            finite = math.isfinite(float(scale))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
             raise GuidanceError(f"guidance scale={scale!r}: expected a finite number")
         if schedule not in SCHEDULES:
             raise GuidanceError(

@@ -1,0 +1,268 @@
+"""Guidance: losses lower what they measure; schedules by timestep; any scheduler; bad input."""
+
+import json
+import warnings
+
+import open_clip
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+import difftune.guidance.clip as clip_module
+from difftune.errors import DifftuneError
+from difftune.guidance import SCHEDULES, ClipLoss, ColorLoss, Guidance, GuidanceError
+from difftune.guidance.guide import eps_shift_to_output, predict_x0, to_epsilon
+from difftune.sampling import sample
+
+TINY_CLIP = "difftune-tiny-clip"
+SCHEDULERS = {
+    "ddim": lambda: DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
+    "ddpm": lambda: DDPMScheduler(num_train_timesteps=1000, clip_sample=False),
+    "dpm": lambda: DPMSolverMultistepScheduler(num_train_timesteps=1000),
+}
+
+
+@pytest.fixture
+def noise() -> torch.Tensor:
+    return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> torch.nn.Module:
+    """A ~0.5M-parameter open_clip model (random weights) registered under TINY_CLIP."""
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    path = tmp_path_factory.mktemp("clip") / f"{TINY_CLIP}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    torch.manual_seed(0)
+    return open_clip.create_model(TINY_CLIP).eval().requires_grad_(False)
+
+
+def make_clip_loss(model, n_cuts=4, **kwargs) -> ClipLoss:
+    return ClipLoss("a red rose", model_name=TINY_CLIP, n_cuts=n_cuts, model=model, **kwargs)
+
+
+@pytest.mark.parametrize("apply_to", ["x", "eps"])
+@pytest.mark.parametrize("through_unet", [False, True])
+def test_color_guidance_lowers_color_distance(tiny_unet, noise, through_unet, apply_to):
+    loss = ColorLoss((0.8, 0.4, 0.6))
+    runs = {}
+    for scale in (0.0, 5.0, 20.0):
+        g = Guidance(loss, scale, through_unet=through_unet, apply_to=apply_to)
+        runs[scale] = loss(sample(tiny_unet, SCHEDULERS["ddim"](), noise, 10, guidance=g)).item()
+    assert runs[20.0] < 0.8 * runs[5.0] < 0.8 * runs[0.0]
+
+
+def test_clip_guidance_lowers_clip_loss(tiny_unet, noise, tiny_clip):
+    def evaluate(x):  # many cuts, fixed augmentation randomness
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return make_clip_loss(tiny_clip, n_cuts=32)(x).item()
+
+    unguided = sample(tiny_unet, SCHEDULERS["ddim"](), noise, 8)
+    torch.manual_seed(0)
+    g = Guidance(make_clip_loss(tiny_clip), scale=1000.0)
+    guided = sample(tiny_unet, SCHEDULERS["ddim"](), noise, 8, guidance=g)
+    assert evaluate(guided) < evaluate(unguided) - 0.005
+
+
+def test_clip_cuts_batched_in_one_forward_in_unit_range(tiny_clip):
+    loss = make_clip_loss(tiny_clip, n_cuts=4)
+    seen = []
+    handle = tiny_clip.visual.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    x0 = torch.full((3, 3, 32, 32), -1.0, requires_grad=True)  # black in model space
+    torch.manual_seed(0)
+    value = loss(x0)
+    handle.remove()
+    assert len(seen) == 1 and seen[0].shape == (12, 3, 32, 32)
+    mean = torch.tensor(clip_module.OPENAI_MEAN)[:, None, None]
+    std = torch.tensor(clip_module.OPENAI_STD)[:, None, None]
+    # [-1, 1] mapped to [0, 1] before normalising: black is (0 - mean) / std, not (-1 - mean) / std
+    torch.testing.assert_close(seen[0][:, :, 16, 16], ((0 - mean) / std)[:, 0, 0].expand(12, 3))
+    torch.autograd.grad(value, x0)  # differentiable
+    torch.manual_seed(0)
+    chunked = make_clip_loss(tiny_clip, n_cuts=4, cut_batches=2)(x0)
+    torch.testing.assert_close(chunked, value)
+
+
+def test_clip_loss_weights_several_prompts(tiny_clip):
+    x0 = torch.rand(2, 3, 32, 32) * 2 - 1
+    losses = []
+    for prompt, weights in ((["a", "b"], [1.0, 3.0]), ("a", None), ("b", None)):
+        torch.manual_seed(0)
+        kwargs = {"weights": weights} if weights else {}
+        losses.append(ClipLoss(prompt, TINY_CLIP, n_cuts=2, model=tiny_clip, **kwargs)(x0))
+    torch.testing.assert_close(losses[0], 0.25 * losses[1] + 0.75 * losses[2])
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+@pytest.mark.parametrize("apply_to", ["x", "eps"])
+def test_every_schedule_on_every_scheduler_is_finite(tiny_unet, noise, name, apply_to):
+    for schedule in SCHEDULES:
+        g = Guidance(ColorLoss(), 5.0, schedule=schedule, apply_to=apply_to)
+        out = sample(tiny_unet, SCHEDULERS[name](), noise, 4, guidance=g)
+        assert out.shape == noise.shape and torch.isfinite(out).all()
+        assert g.nonfinite_steps == 0
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+@pytest.mark.parametrize("through_unet", [False, True])
+def test_other_prediction_types_are_guided(tiny_unet, noise, prediction_type, through_unet):
+    def make():
+        return DDIMScheduler(clip_sample=False, prediction_type=prediction_type)
+
+    unguided = sample(tiny_unet, make(), noise, 4)
+    for apply_to in ("x", "eps"):
+        g = Guidance(ColorLoss(), 5.0, through_unet=through_unet, apply_to=apply_to)
+        out = sample(tiny_unet, make(), noise, 4, guidance=g)
+        assert torch.isfinite(out).all() and not torch.equal(out, unguided)
+
+
+@pytest.mark.parametrize("apply_to", ["x", "eps"])
+@pytest.mark.parametrize("through_unet", [False, True])
+def test_dpm_solver_scale_zero_equals_unguided(tiny_unet, noise, apply_to, through_unet):
+    """Multistep state untouched by guidance: proves the single scheduler.step per timestep."""
+    unguided = sample(tiny_unet, SCHEDULERS["dpm"](), noise, 6)
+    g = Guidance(ColorLoss(), 0.0, through_unet=through_unet, apply_to=apply_to)
+    guided = sample(tiny_unet, SCHEDULERS["dpm"](), noise, 6, guidance=g)
+    torch.testing.assert_close(guided, unguided, atol=0, rtol=0)
+    g.scale = 5.0
+    assert not torch.equal(sample(tiny_unet, SCHEDULERS["dpm"](), noise, 6, guidance=g), unguided)
+
+
+def test_schedule_indexed_by_timestep(tiny_unet, noise, monkeypatch):
+    scheduler = SCHEDULERS["ddim"]()
+    seen = []
+    g = Guidance(ColorLoss(), 1.0, schedule="sqrt_alpha_bar")
+    weight = g.weight
+    monkeypatch.setattr(g, "weight", lambda a: seen.append(a) or weight(a))
+    sample(tiny_unet, scheduler, noise, 5, guidance=g)
+    expected = scheduler.alphas_cumprod[scheduler.timesteps]
+    torch.testing.assert_close(torch.stack(seen), expected)
+    assert not torch.allclose(expected, scheduler.alphas_cumprod[:5])  # the article's [i] bug
+    a = scheduler.alphas_cumprod[801]
+    values = {name: fn(a) for name, fn in SCHEDULES.items()}
+    torch.testing.assert_close(values["none"], torch.tensor(1.0))
+    torch.testing.assert_close(values["alpha_bar"], a)
+    torch.testing.assert_close(values["sqrt_alpha_bar"], a.sqrt())
+    torch.testing.assert_close(values["sqrt_one_minus_alpha_bar"], (1 - a).sqrt())
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_prediction_type_conversions(prediction_type):
+    x0, eps, a = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor(0.3)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    v = a.sqrt() * eps - (1 - a).sqrt() * x0
+    out = {"epsilon": eps, "v_prediction": v, "sample": x0}[prediction_type]
+    torch.testing.assert_close(predict_x0(out, x_t, a, prediction_type), x0)
+    torch.testing.assert_close(to_epsilon(out, x_t, a, prediction_type), eps)
+    delta = torch.randn_like(eps)
+    shifted = out + eps_shift_to_output(delta, a, prediction_type)
+    torch.testing.assert_close(to_epsilon(shifted, x_t, a, prediction_type), eps + delta)
+
+
+def test_terms_are_summed(tiny_unet, noise):
+    one = Guidance(ColorLoss(), 8.0)
+    two = [Guidance(ColorLoss(), 3.0), Guidance(ColorLoss(), 5.0)]
+    a = sample(tiny_unet, SCHEDULERS["ddim"](), noise, 5, guidance=one)
+    b = sample(tiny_unet, SCHEDULERS["ddim"](), noise, 5, guidance=two)
+    torch.testing.assert_close(a, b)
+
+
+def test_grad_clip_rms_bounds_the_update():
+    g = Guidance(ColorLoss(), 1e4, grad_clip_rms=0.01)
+    x_t = torch.randn(3, 3, 8, 8)
+    grad = g.gradient(x_t, torch.randn_like(x_t), torch.tensor(0.5), "epsilon")
+    rms = grad.pow(2).flatten(1).mean(1).sqrt()
+    torch.testing.assert_close(rms, torch.full((3,), 0.01))
+
+
+def test_nonfinite_gradient_steps_are_taken_unguided(tiny_unet, noise):
+    calls = []
+
+    def sometimes_nan(x0):
+        calls.append(1)
+        loss = ColorLoss()(x0)
+        return loss * float("nan") if len(calls) % 2 else loss
+
+    g = Guidance(sometimes_nan, 5.0)
+    with pytest.warns(RuntimeWarning, match="non-finite guidance gradient at 3 step"):
+        out = sample(tiny_unet, SCHEDULERS["ddim"](), noise, 6, guidance=g)
+    assert g.nonfinite_steps == 3 and torch.isfinite(out).all()
+    always = Guidance(lambda x0: x0.sum() * float("nan"), 5.0, through_unet=True)
+    with pytest.warns(RuntimeWarning):
+        out = sample(tiny_unet, SCHEDULERS["dpm"](), noise, 6, guidance=always)
+    assert always.nonfinite_steps == 6
+    torch.testing.assert_close(out, sample(tiny_unet, SCHEDULERS["dpm"](), noise, 6))
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Guidance(ColorLoss(), 1.0, schedule="cosine"), "schedule='cosine'.*alpha_bar"),
+        (lambda: Guidance(ColorLoss(), 1.0, apply_to="score"), "apply_to='score'.*x, eps"),
+        (lambda: Guidance(ColorLoss(), float("nan")), "scale=nan"),
+        (lambda: Guidance("color", 1.0), "not callable"),
+        (lambda: Guidance(ColorLoss(), 1.0, grad_clip_rms=0), "grad_clip_rms=0"),
+        (lambda: ColorLoss((0.8, 0.4, 1.6)), r"target_rgb=\(0.8, 0.4, 1.6\).*\[0, 1\]"),
+        (lambda: ColorLoss((0.8, 0.4)), "expected 3 values"),
+    ],
+)
+def test_bad_guidance_settings(make, match):
+    with pytest.raises(GuidanceError, match=match) as info:
+        make()
+    assert isinstance(info.value, DifftuneError) and isinstance(info.value, ValueError)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"prompt": ""}, "prompt='': expected non-empty"),
+        ({"prompt": []}, "prompt=.*non-empty"),
+        ({"n_cuts": 0}, "n_cuts=0: expected an integer >= 1"),
+        ({"cut_batches": 5}, "cut_batches=5"),
+        ({"weights": [1.0, 2.0]}, "weights="),
+    ],
+)
+def test_bad_clip_settings(tiny_clip, kwargs, match):
+    kwargs = {"prompt": "a rose", "model_name": TINY_CLIP, "model": tiny_clip, **kwargs}
+    with pytest.raises(GuidanceError, match=match):
+        ClipLoss(**kwargs)
+
+
+def test_clip_weights_offline_say_how_to_pass_a_file(monkeypatch):
+    monkeypatch.setattr(clip_module, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(clip_module, "_cached_weights", lambda cfg: None)
+    with pytest.raises(GuidanceError, match=r"pass pretrained='/path/to/open_clip_pytorch_model"):
+        ClipLoss("a rose", model_name="ViT-B-32", pretrained="openai")
+    with pytest.raises(GuidanceError, match="neither an open_clip tag"):
+        ClipLoss("a rose", model_name="ViT-B-32", pretrained="/no/such/weights.bin")
+
+
+def test_clip_local_weights_file_and_random_weights_warning(tiny_clip, tmp_path):
+    path = tmp_path / "weights.bin"
+    torch.save(tiny_clip.state_dict(), path)
+    loaded = ClipLoss("a rose", model_name=TINY_CLIP, pretrained=str(path))
+    torch.testing.assert_close(loaded.model.visual.conv1.weight, tiny_clip.visual.conv1.weight)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        ClipLoss("a rose", model_name=TINY_CLIP, pretrained=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_clip_loss(tiny_clip)  # a built model: no warning
