@@ -9,7 +9,7 @@ start=$(date +%s)
 .venv/bin/python train.py experiment=tiny_base_pretrain hydra.run.dir="$run_dir" "$@"
 seconds=$(( $(date +%s) - start ))
 dest=src/difftune/assets/tiny_base
-rm -rf "$dest"
+rm -rf "$dest" && mkdir -p "$(dirname "$dest")"
 cp -r "$run_dir/pipeline" "$dest"
 cp "$run_dir/loss_curve.png" "$dest/loss_curve.png"
 cp "$(ls "$run_dir"/samples/step_*.png | tail -n 1)" "$dest/samples.png"

@@ -72,6 +72,8 @@ def export_pipeline(unet: UNet2DModel, scheduler: SchedulerMixin, out_dir: str |
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     pipeline = DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler.config))
     pipeline.save_pretrained(tmp, safe_serialization=True)
+    for path in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700; an export is for sharing
+        path.chmod(0o755 if path.is_dir() else 0o644)
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)

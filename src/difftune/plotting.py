@@ -18,12 +18,10 @@ def _grid(x: torch.Tensor, nrow: int) -> torch.Tensor:
 
 
 def plot_progression(steps: list[dict], path: str | Path, nrow: int = 4) -> Path:
-    """One row per recorded step: the current x_t (left) and the x̂0 it predicts (right)."""
+    """One row per recorded step: the first `nrow` x_t (left) and the x̂0 they predict (right)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grids = [
-        (_grid(s["x_t"][: nrow * nrow], nrow), _grid(s["x0"][: nrow * nrow], nrow)) for s in steps
-    ]
+    grids = [(_grid(s["x_t"][:nrow], nrow), _grid(s["x0"][:nrow], nrow)) for s in steps]
     aspect = grids[0][0].shape[0] / grids[0][0].shape[1]
     size = (8, (4 * aspect + 0.4) * len(steps))
     fig, axes = plt.subplots(len(steps), 2, figsize=size, squeeze=False)
