@@ -164,3 +164,18 @@ def test_dataset_without_decodable_images_fails_before_training(tmp_path, tiny_p
     with pytest.raises(DifftuneError, match="no decodable image"):
         train(shrink(cfg))
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_ema_run_exports_the_averaged_weights(tmp_path, tiny_pipeline_dir):
+    cfg = compose_train(
+        f"model.pretrained={tiny_pipeline_dir}", "data.image_size=16", "ema=default",
+        "ema.decay=0.5", "ema.warmup=false", output_dir=tmp_path,
+    )  # fmt: skip
+    train(shrink(cfg, steps=3))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    exported = DDPMPipeline.from_pretrained(tmp_path / "pipeline").unet.state_dict()
+    ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    for key, value in ema.items():
+        torch.testing.assert_close(exported[key.removeprefix("unet.")], value)

@@ -17,9 +17,10 @@ def ema_decay(step: int, max_decay: float, inv_gamma: float = 1.0, power: float 
 class EMA(WeightAveraging):
     """Averages the module after every optimizer step; validation and the export use the average.
 
-    Lightning swaps the averaged weights in for validation, stores them as the checkpoint's
-    `state_dict` (the raw weights under `current_model_state`) and copies them into the module at
-    the end of training, so the exported pipeline carries the EMA weights.
+    Lightning swaps the averaged weights in for validation and stores them as the checkpoint's
+    `state_dict` (the raw weights under `current_model_state`). Unlike Lightning's default, the
+    module keeps its raw weights after fit, so a checkpoint written at the end still resumes
+    correctly; `ema_unet(trainer)` gives the averaged UNet, which the export uses.
     """
 
     def __init__(
@@ -60,6 +61,17 @@ class EMA(WeightAveraging):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         pl_module.log("ema/decay", self.current_decay, on_step=True, on_epoch=False)
 
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Leave the raw weights in place (Lightning would copy the average over them)."""
+
     def averaged_module(self) -> LightningModule | None:
         """The averaged copy of the module (None before fit starts)."""
         return None if self._average_model is None else self._average_model.module
+
+
+def ema_unet(trainer: Trainer) -> Any | None:
+    """The EMA UNet of a trainer's `EMA` callback, or None when EMA is off."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, EMA) and callback.averaged_module() is not None:
+            return callback.averaged_module().unet
+    return None

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from difftune.config_checks import check_train_config
 from difftune.data import ImageDataModule
+from difftune.ema import ema_unet
 from difftune.module import DiffusionFineTuner
 from difftune.pipeline_io import export_pipeline
 
@@ -43,6 +44,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("export_dir") and trainer.is_global_zero:
-        path = export_pipeline(module.unet, module.noise_scheduler, Path(cfg.export_dir))
+        unet = ema_unet(trainer) or module.unet
+        path = export_pipeline(unet, module.noise_scheduler, Path(cfg.export_dir))
         log.info("pipeline saved to %s", path)
     return metrics

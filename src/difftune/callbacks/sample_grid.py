@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
-from difftune.ema import EMA
+from difftune.ema import ema_unet
 from difftune.images import save_grid
 from difftune.sampling import sample
 
@@ -36,16 +36,10 @@ class SampleGrid(Callback):
         self.written: list[Path] = []
         self._last_step = -1
 
-    def _unet(self, trainer: Trainer, pl_module: LightningModule) -> Any:
-        for callback in trainer.callbacks:
-            if isinstance(callback, EMA) and callback.averaged_module() is not None:
-                return callback.averaged_module().unet
-        return pl_module.unet
-
     @rank_zero_only
     def write(self, trainer: Trainer, pl_module: LightningModule) -> Path:
         """Sample the fixed noise with the current weights and save the grid for this step."""
-        unet = self._unet(trainer, pl_module)
+        unet = ema_unet(trainer) or pl_module.unet
         datamodule_size = getattr(trainer.datamodule, "image_size", None)
         size = self.image_size or datamodule_size or unet.config.sample_size
         generator = torch.Generator().manual_seed(self.seed)
