@@ -5,8 +5,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UNet2DModel,
+)
 from PIL import Image
+
+SCHEDULERS = {
+    "ddim": lambda: DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
+    "ddpm": lambda: DDPMScheduler(num_train_timesteps=1000, clip_sample=False),
+    "dpm": lambda: DPMSolverMultistepScheduler(num_train_timesteps=1000),
+}
+
+
+@pytest.fixture
+def noise() -> torch.Tensor:
+    """A fixed start noise for the tiny UNet (2 images, 16 px)."""
+    return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,8 @@ import warnings
 import open_clip
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from conftest import SCHEDULERS
+from diffusers import DDIMScheduler
 
 import difftune.guidance.clip as clip_module
 from difftune.errors import DifftuneError
@@ -15,16 +16,6 @@ from difftune.guidance.guide import eps_shift_to_output, predict_x0, to_epsilon
 from difftune.sampling import sample
 
 TINY_CLIP = "difftune-tiny-clip"
-SCHEDULERS = {
-    "ddim": lambda: DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
-    "ddpm": lambda: DDPMScheduler(num_train_timesteps=1000, clip_sample=False),
-    "dpm": lambda: DPMSolverMultistepScheduler(num_train_timesteps=1000),
-}
-
-
-@pytest.fixture
-def noise() -> torch.Tensor:
-    return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@
 import pytest
 import torch
 from article_loops import article_color_loop, article_ddim_loop
+from conftest import SCHEDULERS
 from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
 )
 
@@ -14,17 +12,6 @@ from difftune.errors import DifftuneError
 from difftune.guidance import ColorLoss, Guidance
 from difftune.images import save_grid, to_pil_list, to_unit
 from difftune.sampling import sample
-
-SCHEDULERS = {
-    "ddim": lambda: DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
-    "ddpm": lambda: DDPMScheduler(num_train_timesteps=1000, clip_sample=False),
-    "dpm": lambda: DPMSolverMultistepScheduler(num_train_timesteps=1000),
-}
-
-
-@pytest.fixture
-def noise() -> torch.Tensor:
-    return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
 def test_unguided_equals_article_ddim_loop(tiny_unet, noise):
