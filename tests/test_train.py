@@ -179,3 +179,33 @@ def test_ema_run_exports_the_averaged_weights(tmp_path, tiny_pipeline_dir):
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)
     for key, value in ema.items():
         torch.testing.assert_close(exported[key.removeprefix("unet.")], value)
+
+
+def test_push_to_hub_after_a_complete_export(tmp_path, tiny_pipeline_dir, monkeypatch, caplog):
+    import difftune.hub
+
+    calls = []
+    monkeypatch.setattr(difftune.hub, "create_repo", lambda *a, **k: calls.append(("create", a, k)))
+
+    def failing_upload(**kwargs):
+        calls.append(("upload", kwargs))
+        assert (Path(kwargs["folder_path"]) / "unet").is_dir()  # the export is complete first
+        raise OSError("no network")
+
+    monkeypatch.setattr(difftune.hub, "upload_folder", failing_upload)
+    cfg = compose_train(
+        f"model.pretrained={tiny_pipeline_dir}", "data.image_size=16", "push_to_hub=true",
+        "hub.repo_id=someone/tiny-vintage", output_dir=tmp_path,
+    )  # fmt: skip
+    train(shrink(cfg, steps=2))
+    assert [c[0] for c in calls] == ["create", "upload"]
+    assert calls[1][1]["repo_id"] == "someone/tiny-vintage"
+    assert "the local export at" in caplog.text and "is complete" in caplog.text
+    card = (tmp_path / "pipeline" / "README.md").read_text()
+    assert "someone/tiny-vintage" in card and "library_name: diffusers" in card
+    assert DDPMPipeline.from_pretrained(tmp_path / "pipeline").unet is not None
+
+
+def test_push_to_hub_without_repo_id_is_rejected_first(tmp_path):
+    with pytest.raises(DifftuneError, match="push_to_hub=true needs hub.repo_id"):
+        train(compose_train("push_to_hub=true", output_dir=tmp_path))

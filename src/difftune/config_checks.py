@@ -58,6 +58,10 @@ def check_train_config(cfg: DictConfig) -> None:
         f"ckpt_path={ckpt_path} does not exist; pass the path of a .ckpt file "
         "(e.g. outputs/<run>/checkpoints/last.ckpt) or leave it null to start fresh",
     )
+    _require(
+        not cfg.get("push_to_hub") or bool(cfg.hub.get("repo_id")),
+        "push_to_hub=true needs hub.repo_id=<user or org>/<name>",
+    )
     precision = str(cfg.trainer.get("precision", "32-true"))
     if cfg.trainer.get("accelerator") == "cpu" and precision not in ("32", "32-true", "64-true"):
         warnings.warn(

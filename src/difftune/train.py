@@ -11,6 +11,9 @@ from omegaconf import DictConfig
 from difftune.config_checks import check_train_config
 from difftune.data import ImageDataModule
 from difftune.ema import ema_unet
+from difftune.errors import DifftuneError
+from difftune.hub import push_to_hub
+from difftune.model_card import write_model_card
 from difftune.module import DiffusionFineTuner
 from difftune.pipeline_io import export_pipeline
 
@@ -36,15 +39,53 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, DiffusionFineTuner, Trainer
     return datamodule, module, trainer
 
 
+def dataset_name(data_cfg: DictConfig) -> str:
+    """What the model card calls the training data."""
+    if data_cfg.get("source") == "synthetic":
+        return f"synthetic '{data_cfg.get('style')}' style (difftune)"
+    return str(data_cfg.get("dataset_name") or data_cfg.get("data_dir"))
+
+
+def export(cfg: DictConfig, trainer: Trainer, module: DiffusionFineTuner, metrics: dict) -> Path:
+    """Write `pipeline/` (EMA weights when on) with its model card; then push when asked."""
+    unet = ema_unet(trainer) or module.unet
+    path = export_pipeline(unet, module.noise_scheduler, Path(cfg.export_dir))
+    grids = sorted((Path(cfg.paths.output_dir) / "samples").glob("step_*.png"))
+    write_model_card(
+        path,
+        base_model=cfg.model.get("pretrained"),
+        dataset=dataset_name(cfg.data),
+        steps=trainer.global_step,
+        effective_batch=effective_batch(cfg.data.batch_size, trainer),
+        lr=cfg.model.optimizer.lr,
+        precision=str(trainer.precision),
+        ema=cfg.ema.decay if cfg.get("ema") else None,
+        metrics=metrics,
+        sample_grid=grids[-1] if grids else None,
+        repo_id=cfg.hub.repo_id,
+    )
+    log.info("pipeline saved to %s", path)
+    if cfg.push_to_hub:  # only now: a failed upload never costs the local export
+        try:
+            log.info("pushed to %s", push_to_hub(path, cfg.hub.repo_id, private=cfg.hub.private))
+        except DifftuneError as err:
+            log.error("%s", err)
+    return path
+
+
+def effective_batch(batch_size: int, trainer: Trainer) -> int:
+    """Images per optimizer step: batch × accumulation × processes."""
+    return batch_size * trainer.accumulate_grad_batches * trainer.world_size
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune `cfg.model` on `cfg.data`; write checkpoints, samples, curves and `pipeline/`."""
     check_train_config(cfg)
     seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build(cfg)
+    log.info("effective batch %d", effective_batch(cfg.data.batch_size, trainer))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("export_dir") and trainer.is_global_zero:
-        unet = ema_unet(trainer) or module.unet
-        path = export_pipeline(unet, module.noise_scheduler, Path(cfg.export_dir))
-        log.info("pipeline saved to %s", path)
+        export(cfg, trainer, module, metrics)
     return metrics

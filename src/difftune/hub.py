@@ -1,0 +1,98 @@
+"""`push_to_hub`: upload a finished local pipeline export to the Hugging Face Hub.
+
+Call it only after the local export is complete (`export_pipeline`, then `write_model_card`):
+a failed push then costs nothing but a retry, and its error says how to retry. The token is
+passed through to huggingface_hub and never logged, written or put in an error message.
+"""
+
+import logging
+from pathlib import Path
+
+from huggingface_hub import create_repo, upload_folder
+
+from difftune.errors import DifftuneError
+
+log = logging.getLogger(__name__)
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What a push can raise without a network, a token or write access.
+
+    huggingface_hub's own errors (HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled)
+    are OSErrors; transport errors come from httpx/httpx2/requests, whichever it uses; an
+    invalid repo id is a ValueError (HFValidationError).
+    """
+    errors: list[type[BaseException]] = [OSError, ValueError]
+    try:
+        import httpx
+
+        errors.append(httpx.HTTPError)
+    except ImportError:  # pragma: no cover - depends on the huggingface_hub version
+        pass
+    try:
+        import httpx2  # type: ignore[import-not-found]
+
+        errors.append(httpx2.HTTPError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import requests
+
+        errors.append(requests.RequestException)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def retry_hint(pipeline_dir: str | Path, repo_id: str) -> str:
+    return (
+        f"log in (`huggingface-cli login` or set HF_TOKEN), then run "
+        f"`python -m difftune.export --pipeline {pipeline_dir} --push-to-hub {repo_id}` "
+        f"or `huggingface-cli upload {repo_id} {pipeline_dir}`"
+    )
+
+
+def _reason(err: BaseException, token: str | None) -> str:
+    text = str(err).strip()
+    reason = text.splitlines()[0][:200] if text else type(err).__name__
+    if token:
+        reason = reason.replace(token, "***")
+    return f"{type(err).__name__}: {reason}"
+
+
+def push_to_hub(
+    pipeline_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload DDPMPipeline fine-tuned with difftune",
+) -> str:
+    """Create `repo_id` if needed and upload `pipeline_dir` to it; return the repo URL.
+
+    `pipeline_dir` must be a complete local export (it has `model_index.json`). Any hub or
+    network failure becomes a one-line `DifftuneError` that says the local export is complete
+    and how to retry. `token=None` uses the login or HF_TOKEN, as huggingface_hub does.
+    """
+    pipeline_dir = Path(pipeline_dir)
+    if not (pipeline_dir / "model_index.json").is_file():
+        raise DifftuneError(
+            f"push_to_hub: {pipeline_dir} is not a complete pipeline export (no model_index.json)"
+        )
+    try:
+        url = create_repo(repo_id, exist_ok=True, private=private, token=token)
+        upload_folder(
+            repo_id=repo_id,
+            folder_path=str(pipeline_dir),
+            commit_message=commit_message,
+            token=token,
+        )
+    except _network_errors() as err:
+        raise DifftuneError(
+            f"push to the Hub repo '{repo_id}' failed ({_reason(err, token)}); "
+            f"the local export at {pipeline_dir} is complete; to retry, "
+            f"{retry_hint(pipeline_dir, repo_id)}"
+        ) from err
+    url = str(url) if url else f"https://huggingface.co/{repo_id}"
+    log.info("pipeline pushed to %s", url)
+    return url
