@@ -1,6 +1,7 @@
 """`train(cfg)`: check the config, build everything with Hydra, fit, export the pipeline."""
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from difftune.data import ImageDataModule
 from difftune.ema import ema_unet
 from difftune.errors import DifftuneError
 from difftune.hub import push_to_hub
+from difftune.loggers import check_loggers, log_config
 from difftune.model_card import write_model_card
 from difftune.module import DiffusionFineTuner
 from difftune.pipeline_io import export_pipeline
@@ -35,6 +37,7 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, DiffusionFineTuner, Trainer
     if cfg.get("ema") is not None:  # last, so other callbacks see raw weights at train end
         callbacks.append(hydra.utils.instantiate(cfg.ema))
     loggers = instantiate_all(cfg.get("logger"))
+    log_config(loggers, cfg)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer
 
@@ -81,10 +84,18 @@ def effective_batch(batch_size: int, trainer: Trainer) -> int:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune `cfg.model` on `cfg.data`; write checkpoints, samples, curves and `pipeline/`."""
     check_train_config(cfg)
+    check_loggers(cfg)
     seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build(cfg)
     log.info("effective batch %d", effective_batch(cfg.data.batch_size, trainer))
+    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    seconds = time.perf_counter() - start
+    in_callbacks = sum(getattr(callback, "seconds", 0.0) for callback in trainer.callbacks)
+    log.info(
+        "fit took %.1f s, of which %.1f s (%.0f%%) in sample grids, curves and metrics",
+        seconds, in_callbacks, 100 * in_callbacks / seconds,
+    )  # fmt: skip
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("export_dir") and trainer.is_global_zero:
         export(cfg, trainer, module, metrics)

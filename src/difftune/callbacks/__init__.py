@@ -1,7 +1,8 @@
-"""Lightning callbacks: sample grids, the loss curve, the end-of-training checkpoint."""
+"""Lightning callbacks: sample grids, the loss curve, throughput, the final checkpoint."""
 
 from difftune.callbacks.checkpoint import FinalCheckpoint
 from difftune.callbacks.loss_curve import LossCurve
 from difftune.callbacks.sample_grid import SampleGrid
+from difftune.callbacks.throughput import Throughput
 
-__all__ = ["FinalCheckpoint", "LossCurve", "SampleGrid"]
+__all__ = ["FinalCheckpoint", "LossCurve", "SampleGrid", "Throughput"]

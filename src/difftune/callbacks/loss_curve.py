@@ -1,5 +1,6 @@
 """`loss_curve.png`: raw and smoothed training loss per step, validation loss as points."""
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class LossCurve(Callback):
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
         self._drawn_at = 0
+        self.seconds = 0.0  # wall time spent drawing, reported against the whole fit
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -53,6 +55,7 @@ class LossCurve(Callback):
     @rank_zero_only
     def draw(self) -> None:
         """Write the figure (train raw + smoothed, val points) to `path`."""
+        start = time.perf_counter()
         fig, ax = plt.subplots(figsize=(8, 4.5))
         if self.train:
             steps, losses = zip(*self.train, strict=True)
@@ -73,3 +76,4 @@ class LossCurve(Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(self.path, dpi=100)
         plt.close(fig)
+        self.seconds += time.perf_counter() - start

@@ -1,5 +1,6 @@
 """Sample grids from a fixed noise every N optimizer steps, so grids compare across steps."""
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +10,18 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from difftune.ema import ema_unet
-from difftune.images import save_grid
+from difftune.guidance import Guidance
+from difftune.images import save_grid, save_panels
+from difftune.plotting import plot_progression
 from difftune.sampling import sample
 
 
 class SampleGrid(Callback):
-    """Writes `samples/step_000200.png`: DDIM samples of the current (or EMA) UNet, fixed noise."""
+    """Writes `samples/step_000200.png` from a fixed noise, and `progression.png` at the end.
+
+    One panel per model and guidance: the EMA weights when EMA is on (the raw weights beside
+    them), each unguided and, when `guidance` is given, guided from the same noise.
+    """
 
     def __init__(
         self,
@@ -24,6 +31,8 @@ class SampleGrid(Callback):
         num_inference_steps: int = 40,
         image_size: int | None = None,
         seed: int = 0,
+        guidance: Guidance | None = None,
+        progression_path: str | None = None,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"callbacks.sample_grid.every_n_steps={every_n_steps} must be >= 1")
@@ -33,15 +42,18 @@ class SampleGrid(Callback):
         self.num_inference_steps = num_inference_steps
         self.image_size = image_size
         self.seed = seed
+        self.guidance = guidance
+        self.progression_path = Path(progression_path) if progression_path else None
         self.written: list[Path] = []
+        self.seconds = 0.0  # wall time spent here, reported against the whole fit
         self._last_step = -1
 
-    @rank_zero_only
-    def write(self, trainer: Trainer, pl_module: LightningModule) -> Path:
-        """Sample the fixed noise with the current weights and save the grid for this step."""
-        unet = ema_unet(trainer) or pl_module.unet
-        datamodule_size = getattr(trainer.datamodule, "image_size", None)
-        size = self.image_size or datamodule_size or unet.config.sample_size
+    def _sample(
+        self, unet: Any, pl_module: LightningModule, guidance: Any, callback: Any = None,
+        num_images: int | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        size = self.image_size or getattr(self._datamodule, "image_size", None)
+        size = size or unet.config.sample_size
         generator = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(
             self.num_images, unet.config.in_channels, size, size, generator=generator
@@ -49,15 +61,49 @@ class SampleGrid(Callback):
         scheduler = DDIMScheduler.from_config(pl_module.noise_scheduler.config)
         was_training = unet.training
         unet.eval()
-        x_0 = sample(unet, scheduler, noise.to(pl_module.device), self.num_inference_steps)
+        x_0 = sample(
+            unet, scheduler, noise.to(pl_module.device), self.num_inference_steps, guidance,
+            callback=callback,
+        )  # fmt: skip
         unet.train(was_training)
-        path = save_grid(x_0, self.dirpath / f"step_{trainer.global_step:06d}.png")
+        return x_0
+
+    @rank_zero_only
+    def write(self, trainer: Trainer, pl_module: LightningModule) -> Any:
+        """Sample the fixed noise with the current weights and save the panels for this step."""
+        start = time.perf_counter()
+        self._datamodule = trainer.datamodule
+        averaged, raw = ema_unet(trainer), pl_module.unet
+        panels = []
+        for name, unet in [("EMA", averaged), ("raw", raw)] if averaged else [("", raw)]:
+            panels.append((f"{name} unguided".strip(), self._sample(unet, pl_module, None)))
+            if self.guidance is not None:
+                x_0 = self._sample(unet, pl_module, self.guidance)
+                panels.append((f"{name} guided".strip(), x_0))
+        path = self.dirpath / f"step_{trainer.global_step:06d}.png"
+        if len(panels) == 1:
+            save_grid(panels[0][1], path)
+        else:
+            save_panels(panels, path)
         self.written.append(path)
         self._last_step = trainer.global_step
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image("samples", [str(path)], step=trainer.global_step)
+        self.seconds += time.perf_counter() - start
         return path
+
+    @rank_zero_only
+    def write_progression(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """x_t beside x̂0 for the first four images, at five points of the sampling loop."""
+        start = time.perf_counter()
+        steps: list[dict] = []
+        unet = ema_unet(trainer) or pl_module.unet
+        self._sample(unet, pl_module, self.guidance, steps.append, num_images=4)
+        every = max(1, self.num_inference_steps // 4)
+        kept = [s for s in steps if s["i"] % every == 0 or s["i"] == len(steps) - 1]
+        plot_progression(kept, self.progression_path)
+        self.seconds += time.perf_counter() - start
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.write(trainer, pl_module)
@@ -72,3 +118,5 @@ class SampleGrid(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_step != self._last_step:
             self.write(trainer, pl_module)
+        if self.progression_path:
+            self.write_progression(trainer, pl_module)

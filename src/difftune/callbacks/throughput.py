@@ -1,0 +1,49 @@
+"""Images per second and peak memory, logged every N optimizer steps."""
+
+import resource
+import sys
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or this process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+class Throughput(Callback):
+    """Logs `perf/images_per_s` (training images, this process) and `perf/peak_memory_mb`."""
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        self.every_n_steps = every_n_steps
+        self._images = 0
+        self._start: float | None = None
+        self._logged_step = -1
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._images += batch["images"].shape[0]
+        step = trainer.global_step
+        if step % self.every_n_steps or step == self._logged_step:
+            return
+        self._logged_step = step
+        seconds = time.perf_counter() - self._start
+        metrics = {
+            "perf/images_per_s": self._images / seconds,
+            "perf/peak_memory_mb": peak_memory_mb(pl_module.device),
+        }
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        self._images, self._start = 0, time.perf_counter()

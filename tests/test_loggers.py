@@ -1,0 +1,67 @@
+"""Loggers start offline, fail early with one line when they cannot, and never log secrets."""
+
+import os
+
+import pytest
+from test_train import compose_train, shrink
+
+from difftune.errors import DifftuneError
+from difftune.loggers import redact
+from difftune.train import train
+
+
+def test_tensorboard_logger_writes_events(tmp_path, tiny_pipeline_dir):
+    cfg = compose_train(f"model.pretrained={tiny_pipeline_dir}", "data.image_size=16",
+                        "logger=tensorboard", output_dir=tmp_path)  # fmt: skip
+    train(shrink(cfg, steps=2))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "metrics.csv").is_file()  # csv comes along
+
+
+def test_wandb_offline_run_is_written_locally(tmp_path, tiny_pipeline_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    model = f"model.pretrained={tiny_pipeline_dir}"
+    cfg = compose_train(model, "data.image_size=16", "logger=wandb", "logger.wandb.offline=true",
+                        output_dir=tmp_path)  # fmt: skip
+    train(shrink(cfg, steps=2))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_wandb_online_without_login_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    cfg = compose_train("logger=wandb", output_dir=tmp_path)
+    with pytest.raises(DifftuneError, match="no W&B login was found.*logger=csv"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unwritable_log_dir_fails_before_training(tmp_path):
+    if os.geteuid() == 0:  # root writes everywhere: use a path under a file instead
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        target = blocker / "run"
+        cfg = compose_train(f"logger.csv.save_dir={target}", output_dir=tmp_path)
+        with pytest.raises((DifftuneError, OSError)):
+            train(cfg)
+        return
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    cfg = compose_train(f"logger.csv.save_dir={locked}/run", output_dir=tmp_path)
+    with pytest.raises(DifftuneError, match="is not writable"):
+        train(cfg)
+
+
+def test_config_logged_without_secrets(tmp_path, tiny_pipeline_dir):
+    model = f"model.pretrained={tiny_pipeline_dir}"
+    cfg = compose_train(model, "data.image_size=16", "+hub.token=hf_SECRET123",
+                        "+wandb_api_key=abc", output_dir=tmp_path)  # fmt: skip
+    train(shrink(cfg, steps=1))
+    logged = (tmp_path / "hparams.yaml").read_text()
+    assert "hf_SECRET123" not in logged and "abc" not in logged.split("wandb")[0]
+    assert "pretrained" in logged and "optimizer" in logged  # the rest of the config is there
+    assert redact({"a": {"HF_TOKEN": 1, "b": [{"api_key": 2, "c": 3}]}}) == {"a": {"b": [{"c": 3}]}}
