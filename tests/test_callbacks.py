@@ -1,0 +1,58 @@
+"""What the callbacks leave in a run dir: sample panels, progression, curves, throughput."""
+
+import csv
+
+from omegaconf import open_dict
+from PIL import Image
+from test_train import compose_train, shrink
+
+from difftune.callbacks.loss_curve import smooth
+from difftune.train import train
+
+
+def run(tmp_path, tiny_pipeline_dir, *overrides, steps=4):
+    model = f"model.pretrained={tiny_pipeline_dir}"
+    cfg = shrink(compose_train(model, "data.image_size=16", *overrides, output_dir=tmp_path), steps)
+    with open_dict(cfg):
+        cfg.callbacks.sample_grid.update(every_n_steps=2, num_images=4)
+        cfg.callbacks.throughput.every_n_steps = 2
+        cfg.trainer.log_every_n_steps = 1
+    return train(cfg)
+
+
+def panel_count(path) -> int:
+    """Panels are 2+2·18 px wide grids (4 images of 16 px) separated by 8 px of white."""
+    return (Image.open(path).size[0] + 8) // (2 + 2 * 18 + 8)
+
+
+def test_unguided_run_writes_single_grids_progression_and_curve(tmp_path, tiny_pipeline_dir):
+    run(tmp_path, tiny_pipeline_dir)
+    names = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert names == ["step_000000.png", "step_000002.png", "step_000004.png"]
+    assert Image.open(tmp_path / "samples" / "step_000004.png").size == (38, 38)
+    progression = Image.open(tmp_path / "progression.png")
+    assert progression.size[1] >= 2 * 100  # x_t | x̂0 rows for the first and the last step
+    assert Image.open(tmp_path / "loss_curve.png").size == (800, 450)
+
+
+def test_guided_and_ema_panels_side_by_side(tmp_path, tiny_pipeline_dir):
+    run(tmp_path, tiny_pipeline_dir, "guidance=color", "ema=default")
+    grid = tmp_path / "samples" / "step_000004.png"
+    assert panel_count(grid) == 4  # EMA unguided, EMA guided, raw unguided, raw guided
+    pixels = Image.open(grid).convert("RGB")
+    left, right = pixels.crop((0, 14, 38, 52)), pixels.crop((46, 14, 84, 52))
+    assert list(left.getdata()) != list(right.getdata())  # guidance changed the picture
+
+
+def test_throughput_and_peak_memory_are_logged(tmp_path, tiny_pipeline_dir):
+    run(tmp_path, tiny_pipeline_dir)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["perf/images_per_s"]]
+    assert len(rows) >= 2  # every 2 of the 4 optimizer steps
+    assert all(float(r["perf/images_per_s"]) > 0 for r in rows)
+    assert all(float(r["perf/peak_memory_mb"]) > 50 for r in rows)  # a Python + torch process
+
+
+def test_smoothing_is_a_bias_corrected_moving_average():
+    assert smooth([1.0, 1.0, 1.0]) == [1.0, 1.0, 1.0]
+    assert smooth([0.0, 10.0], weight=0.5) == [0.0, 10.0 * 0.5 / (1 - 0.25)]
