@@ -12,6 +12,7 @@ real images' features are computed once per run. Values are logged to every logg
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from typing import Any
 
@@ -79,6 +80,7 @@ class KIDCallback(Callback):
         self.pretrained = pretrained
         self.prefix = prefix
         self.history: list[tuple[int, float]] = []  # (optimizer step, KID mean)
+        self.seconds = 0.0  # wall time spent here, reported against the whole fit
         self.extractor: nn.Module | None = None
         self.real_features: torch.Tensor | None = None
         self._subset_size: int | None = None
@@ -168,6 +170,7 @@ class KIDCallback(Callback):
     @rank_zero_only
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         """Sample, measure, log and record the distances at the current step."""
+        start = time.perf_counter()
         step = trainer.global_step
         self._last_step = step
         if self.extractor is None:
@@ -185,6 +188,7 @@ class KIDCallback(Callback):
         for key, value in metrics.items():
             trainer.callback_metrics[key] = torch.tensor(value)
         log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        self.seconds += time.perf_counter() - start
         return metrics
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
