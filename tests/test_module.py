@@ -158,3 +158,27 @@ def test_ema_is_the_average_of_the_raw_weights(tmp_path):
         expected = 0.5 * (0.5 * raw[0][key] + 0.5 * raw[1][key]) + 0.5 * raw[2][key]
         torch.testing.assert_close(ema_unet(fit_trainer).state_dict()[key], expected)
         torch.testing.assert_close(module.unet.state_dict()[key], raw[2][key])
+
+
+def test_min_snr_gamma_weights_each_image_by_its_clipped_snr():
+    module = make_module()
+    module.snr_gamma = 5.0
+    x_0 = torch.rand(3, 3, 16, 16) * 2 - 1
+    noise = torch.randn_like(x_0)
+    t = torch.tensor([5, 500, 990])  # SNR far above, near and far below γ = 5
+    alpha_bar = module.noise_scheduler.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    x_t = (
+        alpha_bar.sqrt().view(-1, 1, 1, 1) * x_0 + (1 - alpha_bar).sqrt().view(-1, 1, 1, 1) * noise
+    )
+    with torch.no_grad():
+        errors = (module.unet(x_t, t).sample - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = module.diffusion_loss(x_0, noise, t)
+    expected = (errors * torch.minimum(snr, torch.tensor(5.0)) / snr).mean()
+    torch.testing.assert_close(loss, expected)
+    assert snr[0] > 5 > snr[2]  # the first image is down-weighted, the last keeps weight 1
+
+
+def test_non_positive_snr_gamma_is_rejected():
+    with pytest.raises(DifftuneError, match="model.snr_gamma=0 must be > 0"):
+        DiffusionFineTuner(make_tiny_unet(), DDPMScheduler(), optimizer=sgd(), snr_gamma=0)

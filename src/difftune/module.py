@@ -35,6 +35,20 @@ def training_target(
     )
 
 
+def min_snr_weights(
+    alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str
+) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023, Eq. 9), expressed for the prediction target."""
+    alpha_prod_t = alphas_cumprod.to(t.device)[t].float()
+    snr = alpha_prod_t / (1 - alpha_prod_t)
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped
+
+
 class DiffusionFineTuner(LightningModule):
     """Fine-tunes a pretrained `UNet2DModel` with MSE against the scheduler's training target."""
 
@@ -46,6 +60,7 @@ class DiffusionFineTuner(LightningModule):
         lr_scheduler: LRSchedulerFactory | None = None,
         pretrained: str | None = None,
         seed: int = 0,
+        snr_gamma: float | None = None,
     ) -> None:
         super().__init__()
         prediction_type = noise_scheduler.config.prediction_type
@@ -60,6 +75,9 @@ class DiffusionFineTuner(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.pretrained = pretrained
         self.seed = seed
+        if snr_gamma is not None and not snr_gamma > 0:
+            raise DifftuneError(f"model.snr_gamma={snr_gamma} must be > 0 (5 is usual) or null")
+        self.snr_gamma = snr_gamma
         self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "lr_scheduler"])
 
     @property
@@ -84,11 +102,24 @@ class DiffusionFineTuner(LightningModule):
     def diffusion_loss(
         self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
-        """‖target − UNet(x_t, t)‖² averaged over pixels and batch (Ho et al. 2020, Eq. 14)."""
+        """‖target − UNet(x_t, t)‖² averaged over pixels and batch (Ho et al. 2020, Eq. 14).
+
+        With `snr_gamma`, each image's error is weighted by min-SNR-γ (high-noise steps, which set
+        colour and layout, then count as much as the low-noise detail steps).
+        """
         x_t = self.noise_scheduler.add_noise(x_0, noise, t)
         model_output = self.unet(x_t, t).sample
         target = training_target(self.noise_scheduler, x_0, noise, t)
-        return F.mse_loss(model_output.float(), target.float())
+        if self.snr_gamma is None:
+            return F.mse_loss(model_output.float(), target.float())
+        per_image = F.mse_loss(model_output.float(), target.float(), reduction="none")
+        weights = min_snr_weights(
+            self.noise_scheduler.alphas_cumprod,
+            t,
+            self.snr_gamma,
+            self.noise_scheduler.config.prediction_type,
+        )
+        return (per_image.mean(dim=(1, 2, 3)) * weights).mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         x_0 = batch["images"]
