@@ -17,11 +17,11 @@ import warnings
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
+from difftune.callbacks.fixed_noise import sample_fixed_noise
 from difftune.ema import ema_unet
 from difftune.errors import DifftuneError
 from difftune.images import to_unit
@@ -32,7 +32,6 @@ from difftune.metrics import (
     kid_from_features,
     resolve_subset_size,
 )
-from difftune.sampling import sample
 
 log = logging.getLogger(__name__)
 
@@ -142,30 +141,14 @@ class KIDCallback(Callback):
             )
         return self.real_features
 
-    def _generate(self, trainer: Trainer, pl_module: LightningModule) -> list[torch.Tensor]:
+    def _generate(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
         """`num_samples` DDIM samples in [0, 1] from the fixed noise of `seed`, in batches."""
         unet = ema_unet(trainer) or pl_module.unet
-        size = (
-            self.image_size
-            or getattr(trainer.datamodule, "image_size", None)
-            or unet.config.sample_size
-        )
-        generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(
-            self.num_samples, unet.config.in_channels, size, size, generator=generator
-        )
-        scheduler = DDIMScheduler.from_config(pl_module.noise_scheduler.config)
-        was_training = unet.training
-        unet.eval()
-        try:
-            with torch.no_grad():
-                return [
-                    to_unit(sample(unet, scheduler, chunk.to(pl_module.device),
-                                   self.num_inference_steps)).float()
-                    for chunk in noise.split(self.batch_size)
-                ]  # fmt: skip
-        finally:
-            unet.train(was_training)
+        x_0 = sample_fixed_noise(
+            trainer, pl_module, unet, self.num_samples, self.seed, self.num_inference_steps,
+            self.image_size, batch_size=self.batch_size,
+        )  # fmt: skip
+        return to_unit(x_0).float()
 
     @rank_zero_only
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
@@ -176,7 +159,7 @@ class KIDCallback(Callback):
         if self.extractor is None:
             self.setup(trainer, pl_module, "fit")
         real = self._real_features(trainer)
-        fake = extract_features(self.extractor, self._generate(trainer, pl_module))
+        fake = extract_features(self.extractor, self._generate(trainer, pl_module), self.batch_size)
         name = f"{self.prefix}/kid_{self.feature_name}"
         mean, std = kid_from_features(real, fake, self._subset_size, self.subsets, self.seed)
         metrics = {name: mean, f"{name}_std": std}

@@ -5,15 +5,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from difftune.callbacks.fixed_noise import sample_fixed_noise
 from difftune.ema import ema_unet
 from difftune.guidance import Guidance
 from difftune.images import save_grid, save_panels
 from difftune.plotting import plot_progression
-from difftune.sampling import sample
 
 
 class SampleGrid(Callback):
@@ -49,36 +48,26 @@ class SampleGrid(Callback):
         self._last_step = -1
 
     def _sample(
-        self, unet: Any, pl_module: LightningModule, guidance: Any, callback: Any = None,
-        num_images: int | None = None,
+        self, trainer: Trainer, pl_module: LightningModule, unet: Any, guidance: Any,
+        callback: Any = None, num_images: int | None = None,
     ) -> torch.Tensor:  # fmt: skip
-        size = self.image_size or getattr(self._datamodule, "image_size", None)
-        size = size or unet.config.sample_size
-        generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(
-            self.num_images, unet.config.in_channels, size, size, generator=generator
-        )
-        scheduler = DDIMScheduler.from_config(pl_module.noise_scheduler.config)
-        was_training = unet.training
-        unet.eval()
-        x_0 = sample(
-            unet, scheduler, noise.to(pl_module.device), self.num_inference_steps, guidance,
-            callback=callback,
+        return sample_fixed_noise(
+            trainer, pl_module, unet, num_images or self.num_images, self.seed,
+            self.num_inference_steps, self.image_size, guidance, callback,
         )  # fmt: skip
-        unet.train(was_training)
-        return x_0
 
     @rank_zero_only
     def write(self, trainer: Trainer, pl_module: LightningModule) -> Any:
         """Sample the fixed noise with the current weights and save the panels for this step."""
         start = time.perf_counter()
-        self._datamodule = trainer.datamodule
         averaged, raw = ema_unet(trainer), pl_module.unet
         panels = []
         for name, unet in [("EMA", averaged), ("raw", raw)] if averaged else [("", raw)]:
-            panels.append((f"{name} unguided".strip(), self._sample(unet, pl_module, None)))
+            panels.append(
+                (f"{name} unguided".strip(), self._sample(trainer, pl_module, unet, None))
+            )
             if self.guidance is not None:
-                x_0 = self._sample(unet, pl_module, self.guidance)
+                x_0 = self._sample(trainer, pl_module, unet, self.guidance)
                 panels.append((f"{name} guided".strip(), x_0))
         path = self.dirpath / f"step_{trainer.global_step:06d}.png"
         if len(panels) == 1:
@@ -99,7 +88,7 @@ class SampleGrid(Callback):
         start = time.perf_counter()
         steps: list[dict] = []
         unet = ema_unet(trainer) or pl_module.unet
-        self._sample(unet, pl_module, self.guidance, steps.append, num_images=4)
+        self._sample(trainer, pl_module, unet, self.guidance, steps.append, num_images=4)
         every = max(1, self.num_inference_steps // 4)
         kept = [s for s in steps if s["i"] % every == 0 or s["i"] == len(steps) - 1]
         plot_progression(kept, self.progression_path)
