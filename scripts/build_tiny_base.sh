@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
 # Rebuild the embedded base pipeline: pretrain the tiny UNet on the synthetic "photo" style, then
-# copy the exported pipeline into the package. Last run: see src/difftune/assets/tiny_base/TRAINING.md.
+# copy the exported pipeline into the package. Extra arguments are Hydra overrides; the shipped base was
+#   scripts/build_tiny_base.sh hardware=gpu trainer.precision=32-true data.num_workers=6
+# Last run: see src/difftune/assets/tiny_base/TRAINING.md (written by hand from the run's figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run_dir=outputs/tiny_base_pretrain/build
 rm -rf "$run_dir"
 start=$(date +%s)
-.venv/bin/python train.py experiment=tiny_base_pretrain hydra.run.dir="$run_dir" "$@"
+${PYTHON:-.venv/bin/python} train.py experiment=tiny_base_pretrain hydra.run.dir="$run_dir" "$@"
 seconds=$(( $(date +%s) - start ))
 dest=src/difftune/assets/tiny_base
+notes=$(cat "$dest/TRAINING.md")
 rm -rf "$dest" && mkdir -p "$(dirname "$dest")"
 cp -r "$run_dir/pipeline" "$dest"
+printf '%s\n' "$notes" > "$dest/TRAINING.md"
+rm -f "$dest/README.md"  # the run's model card; TRAINING.md says how the base was made
 cp "$run_dir/loss_curve.png" "$dest/loss_curve.png"
 cp "$(ls "$run_dir"/samples/step_*.png | tail -n 1)" "$dest/samples.png"
-cat > "$dest/TRAINING.md" <<TXT
-# tiny_base
-Built by \`scripts/build_tiny_base.sh $*\` on $(date -u +%Y-%m-%d) in ${seconds} s
-on $(nproc) CPU cores ($(uname -m)), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)').
-Config: conf/experiment/tiny_base_pretrain.yaml (scratch UNet, synthetic "photo" style, 32 px).
-Final metrics: $(tail -n 3 "$run_dir/metrics.csv" | tr '\n' ' ')
-TXT
-echo "built $dest in ${seconds} s"
+echo "built $dest in ${seconds} s; final metrics: $(tail -n 3 "$run_dir/metrics.csv" | tr '\n' ' ')"
+echo "now update the figures in $dest/TRAINING.md"

@@ -226,14 +226,11 @@ KEY_STEPS, KEY_EVERY = 100, 50
 
 
 @pytest.mark.slow
-def test_callbacks_kid_on_the_embedded_default_logs_kid_to_the_target(tmp_path):
-    """`python train.py callbacks=kid`, shortened: KID at 0, 50, 100 in metrics.csv.
+def test_kid_to_the_target_falls_on_the_embedded_default(tmp_path):
+    """`python train.py callbacks=kid`, shortened: KID to "vintage" at 0, 50, 100 falls.
 
-    On the embedded default (tiny_base, trained on "photo", fine-tuned on "vintage" at lr 3e-4)
-    KID to the vintage held-out set does NOT fall within 100-800 steps with `features=small`
-    (seen: 0.108 at step 0, 0.10-0.15 later): the samples lose the saturated "photo" look but turn
-    into noisy, still coloured textures, not sepia, so they are no closer to the target in
-    distribution. This test checks the plumbing and that the base starts far from the target.
+    The embedded default (the v-prediction tiny_base trained on "photo", fine-tuned on "vintage"
+    at lr 3e-4 with offset noise) turns its saturated samples sepia within 100 steps.
     """
     cfg = compose_train("callbacks=kid", output_dir=tmp_path)
     with open_dict(cfg):
@@ -253,4 +250,4 @@ def test_callbacks_kid_on_the_embedded_default_logs_kid_to_the_target(tmp_path):
     assert sorted(kid) == list(range(0, KEY_STEPS + 1, KEY_EVERY)), kid
     assert result["val/kid_small"] == pytest.approx(kid[KEY_STEPS])
     assert kid[0] > 0.05  # the base model draws "photo" images, far from "vintage"
-    assert all(0 < value < 1 for value in kid.values())
+    assert kid[KEY_STEPS] < 0.5 * kid[0], kid  # seen: 0.098 -> 0.046 -> 0.035

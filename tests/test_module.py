@@ -182,3 +182,22 @@ def test_min_snr_gamma_weights_each_image_by_its_clipped_snr():
 def test_non_positive_snr_gamma_is_rejected():
     with pytest.raises(DifftuneError, match="model.snr_gamma=0 must be > 0"):
         DiffusionFineTuner(make_tiny_unet(), DDPMScheduler(), optimizer=sgd(), snr_gamma=0)
+
+
+def test_offset_noise_adds_one_shared_shift_per_image_and_channel():
+    """Guttenberg 2023 / diffusers' --noise_offset: ε + offset·N(0, 1) of shape (B, C, 1, 1)."""
+    module = make_module()
+    module.noise_offset = 0.1
+    x_0 = torch.zeros(64, 3, 16, 16)
+    noise, t = module.draw_noise_and_timesteps(x_0, torch.Generator().manual_seed(3))
+
+    g = torch.Generator().manual_seed(3)
+    plain = torch.randn(x_0.shape, generator=g)
+    offset = torch.randn(64, 3, 1, 1, generator=g)
+    torch.testing.assert_close(noise, plain + 0.1 * offset, rtol=0, atol=0)
+    assert t.shape == (64,)  # the timesteps are still drawn after the noise
+
+
+def test_negative_noise_offset_is_rejected():
+    with pytest.raises(DifftuneError, match="model.noise_offset=-0.1 must be >= 0"):
+        DiffusionFineTuner(make_tiny_unet(), DDPMScheduler(), optimizer=sgd(), noise_offset=-0.1)

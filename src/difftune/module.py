@@ -61,6 +61,7 @@ class DiffusionFineTuner(LightningModule):
         pretrained: str | None = None,
         seed: int = 0,
         snr_gamma: float | None = None,
+        noise_offset: float = 0.0,
     ) -> None:
         super().__init__()
         prediction_type = noise_scheduler.config.prediction_type
@@ -78,6 +79,9 @@ class DiffusionFineTuner(LightningModule):
         if snr_gamma is not None and not snr_gamma > 0:
             raise DifftuneError(f"model.snr_gamma={snr_gamma} must be > 0 (5 is usual) or null")
         self.snr_gamma = snr_gamma
+        if not noise_offset >= 0:
+            raise DifftuneError(f"model.noise_offset={noise_offset} must be >= 0 (0.05-0.1 usual)")
+        self.noise_offset = noise_offset
         self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "lr_scheduler"])
 
     @property
@@ -92,8 +96,12 @@ class DiffusionFineTuner(LightningModule):
     def draw_noise_and_timesteps(
         self, x_0: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ε ~ N(0, I) and t ~ U{0, …, T−1}, one per image."""
+        """ε ~ N(0, I) (+ a per-image, per-channel offset: Guttenberg 2023) and t ~ U{0, …, T−1}."""
         noise = torch.randn(x_0.shape, generator=generator, device=x_0.device, dtype=x_0.dtype)
+        if self.noise_offset:
+            offset_shape = (x_0.shape[0], x_0.shape[1], 1, 1)
+            offset = torch.randn(offset_shape, generator=generator, device=x_0.device)
+            noise = noise + self.noise_offset * offset.to(x_0.dtype)
         t = torch.randint(
             0, self.num_train_timesteps, (x_0.shape[0],), generator=generator, device=x_0.device
         )
