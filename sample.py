@@ -1,9 +1,12 @@
 """Sample a DDPM pipeline, optionally guided: `python sample.py [key=value ...]`."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from difftune.cli import exit_on_user_error
+from difftune.cli import exit_on_user_error, preflight
 from difftune.generate import generate
 
 
@@ -14,4 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight(Path(__file__).parent / "conf", "sample", sys.argv[1:])
     main()

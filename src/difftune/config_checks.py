@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from difftune.errors import DifftuneError
 from difftune.pipeline_io import load_unet_config, unet_downsample_factor
+from difftune.preflight import check_hardware
 
 
 def _require(ok: bool, message: str) -> None:
@@ -40,6 +41,7 @@ def check_image_size(
 
 def check_train_config(cfg: DictConfig) -> None:
     """Cheap checks of the composed config; the UNet is looked at through its config.json only."""
+    check_hardware(cfg)
     lr = cfg.model.optimizer.get("lr")
     _require(
         isinstance(lr, int | float) and lr > 0,

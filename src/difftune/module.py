@@ -132,13 +132,21 @@ class DiffusionFineTuner(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         x_0 = batch["images"]
         skipped = len(batch.get("skipped", ()))
-        self.log("data/skipped", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum")
+        self.log(
+            "data/skipped",
+            float(skipped),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            sync_dist=True,
+        )
         if x_0.shape[0] == 0:  # every image of this batch was undecodable
             return None
         total_batch_idx = self.trainer.fit_loop.epoch_loop.total_batch_idx
         noise, t = self.draw_noise_and_timesteps(x_0, self._generator(total_batch_idx))
         loss = self.diffusion_loss(x_0, noise, t)
-        self.log("train/loss", loss, prog_bar=True, batch_size=x_0.shape[0])
+        # the mean over ranks under DDP (one all-reduce of a scalar per step)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x_0.shape[0], sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

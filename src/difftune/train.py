@@ -1,5 +1,6 @@
 """`train(cfg)`: check the config, build everything with Hydra, fit, export the pipeline."""
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from difftune.loggers import check_loggers, log_config
 from difftune.model_card import write_model_card
 from difftune.module import DiffusionFineTuner
 from difftune.pipeline_io import export_pipeline
+from difftune.provenance import record_run
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_loggers(cfg)
     seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build(cfg)
-    log.info("effective batch %d", effective_batch(cfg.data.batch_size, trainer))
+    batch = effective_batch(cfg.data.batch_size, trainer)
+    log.info("effective batch %d (world size %d)", batch, trainer.world_size)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"effective_batch": batch, "world_size": trainer.world_size})
+    if trainer.is_global_zero:
+        record_run(cfg, Path(cfg.paths.output_dir))
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     seconds = time.perf_counter() - start
@@ -97,6 +104,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         seconds, in_callbacks, 100 * in_callbacks / seconds,
     )  # fmt: skip
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.is_global_zero:
+        final = Path(cfg.paths.output_dir) / "final_metrics.json"
+        final.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if cfg.get("export_dir") and trainer.is_global_zero:
         export(cfg, trainer, module, metrics)
     return metrics
+
+
+def objective(metrics: dict[str, float], key: str | None) -> dict[str, float] | float:
+    """What a job returns to Hydra: every final metric, or the one an optimising sweeper needs."""
+    if key is None:
+        return metrics
+    if key not in metrics:
+        raise DifftuneError(
+            f"objective={key}: not among the final metrics ({', '.join(sorted(metrics))})"
+        )
+    return metrics[key]

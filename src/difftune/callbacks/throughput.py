@@ -18,7 +18,11 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Throughput(Callback):
-    """Logs `perf/images_per_s` (training images, this process) and `perf/peak_memory_mb`."""
+    """Logs `perf/images_per_s` (training images, all processes) and `perf/peak_memory_mb`.
+
+    Under DDP the images/s of rank 0 times the world size (the ranks step in lock-step); the peak
+    memory is rank 0's.
+    """
 
     def __init__(self, every_n_steps: int = 10) -> None:
         self.every_n_steps = every_n_steps
@@ -42,7 +46,7 @@ class Throughput(Callback):
         self._logged_step = step
         seconds = time.perf_counter() - self._start
         metrics = {
-            "perf/images_per_s": self._images / seconds,
+            "perf/images_per_s": self._images * trainer.world_size / seconds,
             "perf/peak_memory_mb": peak_memory_mb(pl_module.device),
         }
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)

@@ -1,0 +1,108 @@
+"""Compose every job a command line asks for before Hydra starts any: bad overrides in one line.
+
+Hydra reports an unknown key or option in several lines, and a multirun reports it only when it
+reaches the job. `check_command_line` composes each combination of the sweep up front and turns
+the first failure into one line naming the override, the value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from difftune.errors import DifftuneError
+
+SUBMITIT_HINT = "pip install hydra-submitit-launcher (it is in difftune's dependencies)"
+
+
+def check_hardware(cfg: DictConfig, multirun: bool = False) -> None:
+    """A GPU config needs a visible GPU; DDP over several devices in a `-m` sweep needs torchrun."""
+    trainer = cfg.trainer
+    hydra_cfg = cfg.get("hydra") or {}
+    if "submitit_slurm" in str(hydra_cfg.get("launcher", {}).get("_target_", "")).lower() or (
+        "SlurmLauncher" in str(hydra_cfg.get("launcher", {}).get("_target_", ""))
+    ):
+        return  # the jobs run on the cluster's nodes, which check their own GPUs
+    choice = hydra_cfg.get("runtime", {}).get("choices", {}).get("hardware", "")
+    name = f"hardware={choice}" if choice else f"trainer.accelerator={trainer.get('accelerator')}"
+    if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise DifftuneError(
+            f"{name}: trainer.accelerator={trainer.get('accelerator')} but no CUDA GPU is visible; "
+            "use hardware=cpu (or hardware=ddp_cpu for DDP on the CPU)"
+        )
+    devices = trainer.get("devices", 1)
+    several = devices == -1 or devices == "auto" or (isinstance(devices, int) and devices > 1)
+    rank_launcher = "TORCHELASTIC_RUN_ID" in os.environ or "SLURM_JOB_ID" in os.environ
+    if (
+        multirun
+        and several
+        and str(trainer.get("strategy", "")).startswith("ddp")
+        and not (rank_launcher or trainer.get("strategy") == "ddp_spawn")
+    ):
+        raise DifftuneError(
+            f"{name} with -m: Lightning would start each rank by re-running the whole sweep; "
+            "launch the ranks with torchrun (torchrun --standalone --nproc_per_node=N train.py -m "
+            "...) or use hardware=slurm"
+        )
+
+
+def _one_line(err: Exception, override_strings: list[str]) -> str:
+    text = str(err)
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if missing:
+        group, option = missing.groups()
+        if group == "hydra/launcher" and option.startswith("submitit"):
+            return f"hardware=slurm needs the Hydra submitit launcher: {SUBMITIT_HINT}"
+        options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
+        valid = f"valid: {', '.join(options)}" if options else "see conf/" + group
+        return f"{group}={option}: no such option; {valid}"
+    unknown = re.search(r"Could not override '([^']+)'", text) or re.search(
+        r"Key '([^']+)' is not in struct", text
+    )
+    if unknown:
+        key = unknown.group(1)
+        given = next((o for o in override_strings if o.split("=", 1)[0].lstrip("+~") == key), key)
+        return (
+            f"{given}: no such key; '+{given}' adds a new one, and "
+            "`python train.py --cfg job` lists the keys there are"
+        )
+    return text.strip().splitlines()[0]
+
+
+def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> None:
+    """Compose the config for every job of `argv` (sweeps expanded); raise a one-line error."""
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    parsed = OverridesParser.create().parse_overrides(args.overrides)
+    if not args.multirun and any(o.is_sweep_override() for o in parsed):
+        return  # Hydra's own message: a sweep needs -m
+    jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0] if parsed else [[]]
+    multirun = bool(args.multirun)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            for overrides in jobs:
+                cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+                HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the job's keys
+                multirun = (
+                    multirun
+                    or cfg.hydra.mode is not None
+                    and str(cfg.hydra.mode).endswith("MULTIRUN")
+                )
+                if "trainer" in cfg:
+                    check_hardware(cfg, multirun=multirun)
+    except (ConfigCompositionException, MissingConfigException, OmegaConfBaseException) as err:
+        raise DifftuneError(_one_line(err, list(args.overrides))) from None
+    except HydraException as err:
+        raise DifftuneError(_one_line(err, list(args.overrides))) from None

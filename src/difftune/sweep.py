@@ -1,0 +1,96 @@
+"""The sweep summary: a Hydra callback that tabulates every job of a multirun at the sweep root.
+
+Each job, finished or failed, leaves `<sweep dir>/.summary/<job>.json`; after every job the
+tables `summary.csv` and `summary.md` are rebuilt from all of them (overrides, status, final
+train/val loss, KID/FID when measured, wall time, run directory). Written by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+METRICS = ("train/loss", "val/loss")
+COLUMNS = ("job", "status", "overrides", *METRICS, "metrics", "wall_s", "path")
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def job_row(job: int, job_return: JobReturn, seconds: float, path: str) -> dict[str, Any]:
+    """One summary row: what the job was asked, how it ended and its final numbers."""
+    failed = job_return.status != JobStatus.COMPLETED
+    result = job_return._return_value  # .return_value re-raises a failed job's exception
+    final = Path(path) / "final_metrics.json"  # train.py's; sample.py returns its own dict
+    if failed:
+        values = {}
+    elif final.is_file():
+        values = json.loads(final.read_text())
+    else:
+        values = result if isinstance(result, dict) else {}
+    extra = {k: v for k, v in values.items() if k.startswith(("val/kid", "val/fid"))}
+    error = str(result).splitlines()[0] if failed and result is not None else ""
+    return {
+        "job": job,
+        "status": f"failed: {type(result).__name__}: {error}" if failed else "completed",
+        "overrides": " ".join(job_return.overrides or []),
+        **{m: values.get(m, "") for m in METRICS},
+        "metrics": " ".join(f"{k}={v:.4g}" for k, v in sorted(extra.items())),
+        "wall_s": round(seconds, 1),
+        "path": path,
+    }
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def write_tables(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """`summary.csv` and `summary.md` at `sweep_dir`, one row per job in job order."""
+    rows = sorted(rows, key=lambda r: r["job"])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    for name, text in (("summary.csv", buffer.getvalue()), ("summary.md", "\n".join(lines) + "\n")):
+        tmp = sweep_dir / f".{name}.tmp{os.getpid()}"
+        tmp.write_text(text)
+        tmp.replace(sweep_dir / name)
+
+
+class SweepSummary(Callback):
+    """Hydra callback (`hydra.callbacks`): the multirun summary tables; no-op for single runs."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN or not _is_rank_zero():
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows_dir = sweep_dir / ".summary"
+        rows_dir.mkdir(parents=True, exist_ok=True)
+        job = int(config.hydra.job.num)
+        path = str(config.hydra.runtime.output_dir)
+        row = job_row(job, job_return, time.perf_counter() - self._start, path)
+        (rows_dir / f"{job:04d}.json").write_text(json.dumps(row))
+        rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
+        write_tables(sweep_dir, rows)
