@@ -13,6 +13,7 @@ import difftune.guidance.clip as clip_module
 from difftune.errors import DifftuneError
 from difftune.guidance import SCHEDULES, ClipLoss, ColorLoss, Guidance, GuidanceError
 from difftune.guidance.guide import eps_shift_to_output, predict_x0, to_epsilon
+from difftune.pipeline_io import load_noise_scheduler, load_unet
 from difftune.sampling import sample
 
 TINY_CLIP = "difftune-tiny-clip"
@@ -257,3 +258,23 @@ def test_clip_local_weights_file_and_random_weights_warning(tiny_clip, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_clip_loss(tiny_clip)  # a built model: no warning
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")])],
+)  # fmt: skip
+def test_colour_guidance_pulls_the_embedded_base_toward_the_colour(device):
+    unet = load_unet("difftune/tiny_base").eval().to(device)
+    scheduler = DDIMScheduler.from_config(load_noise_scheduler("difftune/tiny_base").config)
+    noise = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    loss = ColorLoss(target_rgb=(0.9, 0.6, 0.2))
+
+    def colour_error(guidance: Guidance | None) -> float:
+        return float(loss(sample(unet, scheduler, noise, 20, guidance=guidance).clamp(-1, 1)))
+
+    unguided = colour_error(None)
+    guided = colour_error(Guidance(loss, scale=40.0))
+    print(f"{device}: colour error unguided {unguided:.3f}, guided {guided:.3f}")
+    assert guided < 0.5 * unguided

@@ -173,6 +173,27 @@ def test_ddp_cpu_two_processes_write_one_run(tmp_path):
     assert any(not torch.equal(weights[k], base[k]) for k in base)
 
 
+@pytest.mark.slow
+def test_ddp_sweep_through_torchrun_runs_each_job_once_on_both_ranks(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "train.py", "-m", "hardware=ddp_cpu", "model.optimizer.lr=1e-4,3e-4", *SHRINK,
+         f"hydra.sweep.dir={tmp_path}"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = summary_rows(tmp_path)
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed")]
+    for job in ("0", "1"):
+        assert "world_size: 2" in (tmp_path / job / "hparams.yaml").read_text()
+        assert (tmp_path / job / "pipeline" / "model_index.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name[0] != ".") == [
+        "0",
+        "1",
+    ]  # no second sweep started by rank 1
+
+
 # --- clusters -------------------------------------------------------------------------------------
 
 
