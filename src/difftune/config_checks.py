@@ -71,4 +71,17 @@ def check_train_config(cfg: DictConfig) -> None:
             "use hardware=cpu (32-true) unless you are measuring it",
             stacklevel=2,
         )
+    guide = (cfg.get("guidance") or {}).get("guide") or {}
+    if str((guide.get("loss") or {}).get("_target_", "")).endswith("ClipLoss"):
+        prompt = cfg.guidance.get("prompt")
+        _require(
+            isinstance(prompt, str) and bool(prompt.strip()),
+            f"guidance.prompt={prompt!r}: CLIP guidance needs a text prompt "
+            '(guidance.prompt="a red rose painting"), or use guidance=color / guidance=none',
+        )
+    on_nonfinite = cfg.get("on_nonfinite", "skip")
+    _require(
+        on_nonfinite in ("skip", "stop"),
+        f"on_nonfinite={on_nonfinite}: expected skip (skip that batch's step) or stop",
+    )
     check_image_size(cfg.data.get("image_size"), unet_config_of(cfg.model))

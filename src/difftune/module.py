@@ -1,5 +1,7 @@
 """`DiffusionFineTuner`: the DDPM objective (Ho et al. 2020, Alg. 1) as a LightningModule."""
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,7 +15,10 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from difftune.errors import DifftuneError
 
+log = logging.getLogger(__name__)
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+NONFINITE_POLICIES = ("skip", "stop")
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 LRSchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -62,6 +67,8 @@ class DiffusionFineTuner(LightningModule):
         seed: int = 0,
         snr_gamma: float | None = None,
         noise_offset: float = 0.0,
+        on_nonfinite: str = "skip",
+        max_consecutive_nonfinite: int = 10,
     ) -> None:
         super().__init__()
         prediction_type = noise_scheduler.config.prediction_type
@@ -82,6 +89,20 @@ class DiffusionFineTuner(LightningModule):
         if not noise_offset >= 0:
             raise DifftuneError(f"model.noise_offset={noise_offset} must be >= 0 (0.05-0.1 usual)")
         self.noise_offset = noise_offset
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise DifftuneError(
+                f"on_nonfinite={on_nonfinite!r} is not one of {', '.join(NONFINITE_POLICIES)}"
+            )
+        if not (isinstance(max_consecutive_nonfinite, int) and max_consecutive_nonfinite >= 1):
+            raise DifftuneError(
+                f"max_consecutive_nonfinite={max_consecutive_nonfinite!r} must be an integer >= 1"
+            )
+        self.on_nonfinite = on_nonfinite
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.nonfinite_steps = 0  # batches whose loss was NaN/inf, all of this run
+        self.consecutive_nonfinite = 0
+        self.stop_reason: str | None = None  # set when the non-finite policy stopped training
+        self.skipped_reasons: Counter[str] = Counter()  # undecodable images of this epoch
         self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "lr_scheduler"])
 
     @property
@@ -132,6 +153,7 @@ class DiffusionFineTuner(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         x_0 = batch["images"]
         skipped = len(batch.get("skipped", ()))
+        self.skipped_reasons.update(batch.get("skipped", ()))
         self.log(
             "data/skipped",
             float(skipped),
@@ -145,9 +167,44 @@ class DiffusionFineTuner(LightningModule):
         total_batch_idx = self.trainer.fit_loop.epoch_loop.total_batch_idx
         noise, t = self.draw_noise_and_timesteps(x_0, self._generator(total_batch_idx))
         loss = self.diffusion_loss(x_0, noise, t)
+        # every rank takes the same decision (one all-reduce of a bool per step under DDP)
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if not finite:
+            return self._skip_nonfinite()
+        self.consecutive_nonfinite = 0
         # the mean over ranks under DDP (one all-reduce of a scalar per step)
         self.log("train/loss", loss, prog_bar=True, batch_size=x_0.shape[0], sync_dist=True)
         return loss
+
+    def _skip_nonfinite(self) -> None:
+        """No backward and no optimizer step for this batch; stop per `on_nonfinite`."""
+        self.nonfinite_steps += 1
+        self.consecutive_nonfinite += 1
+        self.log("train/nonfinite_skipped", float(self.nonfinite_steps), on_step=True)
+        step = self.trainer.global_step
+        if self.on_nonfinite == "stop":
+            self.stop_reason = f"non-finite loss at step {step} (on_nonfinite=stop)"
+        elif self.consecutive_nonfinite >= self.max_consecutive_nonfinite:
+            self.stop_reason = (
+                f"{self.consecutive_nonfinite} consecutive non-finite losses up to step {step} "
+                f"(max_consecutive_nonfinite={self.max_consecutive_nonfinite}); lower the lr or "
+                "check the data"
+            )
+        else:
+            log.warning("non-finite loss at step %d: batch skipped (%d so far)", step,
+                        self.nonfinite_steps)  # fmt: skip
+        if self.stop_reason is not None:
+            self.trainer.should_stop = True
+        return None
+
+    def on_train_epoch_end(self) -> None:
+        """One line per epoch (not per image) saying which images were skipped and why."""
+        if self.skipped_reasons:
+            reasons = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.most_common())
+            total = sum(self.skipped_reasons.values())
+            log.warning("epoch %d: skipped %d undecodable images (%s)", self.current_epoch,
+                        total, reasons)  # fmt: skip
+            self.skipped_reasons.clear()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         x_0 = batch["images"]

@@ -8,8 +8,10 @@ from typing import Any
 
 import hydra
 from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from difftune.checkpoint_io import check_checkpoint_matches
 from difftune.config_checks import check_train_config
 from difftune.data import ImageDataModule
 from difftune.ema import ema_unet
@@ -96,7 +98,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         record_run(cfg, Path(cfg.paths.output_dir))
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("ckpt_path"):
+        check_checkpoint_matches(cfg.ckpt_path, module)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException:
+        raise DifftuneError(
+            f"stopped by SIGTERM at step {trainer.global_step}; "
+            f"resume with ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}"
+        ) from None
     seconds = time.perf_counter() - start
     in_callbacks = sum(getattr(callback, "seconds", 0.0) for callback in trainer.callbacks)
     log.info(
@@ -107,6 +117,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         final = Path(cfg.paths.output_dir) / "final_metrics.json"
         final.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if module.stop_reason is not None:
+        raise DifftuneError(
+            f"training stopped: {module.stop_reason}; no export. The last checkpoint is in "
+            f"{Path(cfg.paths.output_dir) / 'checkpoints'}"
+        )
     if cfg.get("export_dir") and trainer.is_global_zero:
         export(cfg, trainer, module, metrics)
     return metrics
