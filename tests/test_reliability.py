@@ -4,6 +4,8 @@ import csv
 import logging
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,9 @@ import torch
 from lightning.pytorch import Callback
 from omegaconf import open_dict
 from PIL import Image
+from safetensors.torch import load_file
 from test_data import write_mixed_folder
-from test_train import compose_train, shrink
+from test_train import ROOT, compose_train, shrink
 
 import difftune.checkpoint_io as checkpoint_io
 import difftune.pipeline_io as pipeline_io
@@ -21,6 +24,8 @@ import difftune.train as train_module
 from difftune.checkpoint_io import AtomicCheckpointIO
 from difftune.errors import DifftuneError
 from difftune.train import train
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -58,6 +63,48 @@ def run_with(cfg, *callbacks: Callback):
         return train(cfg)
     finally:
         train_module.instantiate_all = original
+
+
+# --- exact resume ---------------------------------------------------------------------------------
+
+RESUME_RUN = [  # 64 training images in batches of 16: 4 batches per epoch; a checkpoint every 3
+    "trainer.max_steps=12", "data.num_images=96", "trainer.log_every_n_steps=1",
+    "callbacks.model_checkpoint.every_n_train_steps=3", "trainer.val_check_interval=100",
+    "callbacks.sample_grid=null", "callbacks.loss_curve=null", "+trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
+def run_train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"))
+    return subprocess.run(
+        [sys.executable, "train.py", *RESUME_RUN, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
+    whole = run_train(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    # killed at the start of step 7 (epoch 1, third batch), after the checkpoint of step 6
+    killed = run_train(tmp_path / "killed", "+callbacks.kill._target_=faults.KillAt",
+                       "+callbacks.kill.step=7")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert step_of(last) == 6 and not (tmp_path / "killed" / "pipeline").exists()
+
+    resumed = run_train(tmp_path / "resumed", f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "not resumable" not in resumed.stderr  # Lightning's mid-epoch warning does not fire
+
+    expected, got = losses(tmp_path / "whole"), losses(tmp_path / "resumed")
+    assert sorted(got) == list(range(6, 12))
+    assert max(abs(got[s] - expected[s]) for s in got) <= 1e-6
+    a, b = (
+        load_file(tmp_path / run / "pipeline" / "unet" / WEIGHTS) for run in ("whole", "resumed")
+    )
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
 # --- atomic outputs -------------------------------------------------------------------------------

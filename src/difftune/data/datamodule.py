@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from difftune.data.decode import DecodedImageDataset, ImageSource, decode_image, make_collate
+from difftune.data.resumable import EpochShuffle, ResumableDataLoader, SeededAugmentation
 from difftune.data.sources import IMAGE_EXTENSIONS, list_image_files, load_hf_records
 from difftune.data.synthetic import STYLES, SyntheticStyleDataset
 from difftune.errors import DifftuneError
@@ -91,7 +92,6 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self._records: Sequence[ImageSource] | None = None
-        self._generator = torch.Generator().manual_seed(seed)
 
     def prepare_data(self) -> None:
         """Download (hub datasets) once per node, before `setup`."""
@@ -170,18 +170,29 @@ class ImageDataModule(pl.LightningDataModule):
         return len(self.val_dataset)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        """A DataLoader yielding {"images", "skipped"} batches."""
-        return DataLoader(
+        """{"images", "skipped"} batches; shuffled ones resume mid-epoch exactly."""
+        sampler = None
+        if shuffle:
+            dataset = SeededAugmentation(dataset, self.seed)
+            sampler = EpochShuffle(len(dataset), self.seed, self.batch_size, self._batches_done)
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=self._generator if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=make_collate(self.image_size),
             persistent_workers=self.persistent_workers,
             pin_memory=self.pin_memory,
             drop_last=False,
         )
+
+    def _batches_done(self) -> int | None:
+        """Training batches the run has drawn (restored on resume); None without a trainer or
+        under DDP, where Lightning's sampler wrapper splits each epoch over the ranks."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size > 1:
+            return None
+        return trainer.fit_loop.epoch_loop.batch_progress.total.ready
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (reproducibly, by `seed`) training batches with flips/crops as configured."""
