@@ -77,7 +77,8 @@ RESUME_RUN = [  # 64 training images in batches of 16: 4 batches per epoch; a ch
 def run_train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"))
     return subprocess.run(
-        [sys.executable, "train.py", *RESUME_RUN, *overrides, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "train.py", *RESUME_RUN, *overrides, f"hydra.run.dir={run_dir}",
+         f"resume_dir={run_dir.parent}/resume_index"],
         cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
 
@@ -105,6 +106,31 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
         load_file(tmp_path / run / "pipeline" / "unet" / WEIGHTS) for run in ("whole", "resumed")
     )
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_resume_true_finds_the_newest_checkpoint_of_the_same_config(tmp_path):
+    index = f"resume_dir={tmp_path / 'index'}"
+    train(shrink(compose_train(index, output_dir=tmp_path / "first"), steps=4))
+
+    # a relaunch: new run dir, longer, resume=true, no path given
+    relaunch = shrink(compose_train(index, "resume=true", output_dir=tmp_path / "again"), steps=4)
+    with open_dict(relaunch):
+        relaunch.trainer.max_steps = 8  # how long it runs is not part of the experiment's key
+        relaunch.trainer.log_every_n_steps = 1
+    train(relaunch)
+    assert relaunch.ckpt_path == str(tmp_path / "first" / "checkpoints" / "last.ckpt")
+    assert sorted(losses(tmp_path / "again")) == [4, 5, 6, 7]  # continued, not restarted
+    assert step_of(tmp_path / "again" / "checkpoints" / "last.ckpt") == 8
+
+
+def test_resume_true_without_a_checkpoint_is_an_error(tmp_path):
+    index = f"resume_dir={tmp_path / 'index'}"
+    train(shrink(compose_train(index, output_dir=tmp_path / "first"), steps=2))
+    other = shrink(compose_train(index, "resume=true", "model.optimizer.lr=1e-4",
+                                 output_dir=tmp_path / "other"), steps=2)  # fmt: skip
+    with pytest.raises(DifftuneError, match=r"^resume=true: no checkpoint of this configuration"):
+        train(other)  # a different lr is a different experiment: never a silent fresh start
+    assert not (tmp_path / "other" / "checkpoints").exists()
 
 
 # --- atomic outputs -------------------------------------------------------------------------------
@@ -298,3 +324,41 @@ def test_a_folder_of_bad_images_trains_and_reports_skips_once_per_epoch(tmp_path
     for reason in ("truncated", "empty file", "unreadable", "decompression bomb"):
         assert reason in text, (reason, reports)
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
+
+
+# --- bad configs: one line, before any model or dataset is loaded ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.optimizer.lr=0", "model.optimizer.lr=0 must be a number > 0"),
+        ("model.optimizer.lr=-1e-4", "model.optimizer.lr=-0.0001 must be a number > 0"),
+        ("data.batch_size=0", "data.batch_size=0 must be an integer >= 1"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 must be an"),
+        ("data.image_size=30", "data.image_size=30 cannot go through this UNet: use a multiple of"),
+        ("on_nonfinite=ignore", "on_nonfinite=ignore: expected skip (skip that batch's step) or"),
+        ("guidance=clip guidance.prompt=null", "guidance.prompt=None: CLIP guidance needs a text"),
+    ],
+)
+def test_bad_config_is_one_line_before_anything_loads(override, message, tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a model or dataset was loaded before the config was checked")
+
+    monkeypatch.setattr(train_module, "build", must_not_run)
+    monkeypatch.setattr(pipeline_io, "load_unet", must_not_run)
+    cfg = compose_train(*override.split(" "), output_dir=tmp_path)
+    with pytest.raises(DifftuneError) as err:
+        train(cfg)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_bf16_on_cpu_is_a_warning_not_an_error(tmp_path, monkeypatch):
+    def stop_after_checks(cfg):
+        raise RuntimeError("checks passed")
+
+    monkeypatch.setattr(train_module, "build", stop_after_checks)
+    cfg = compose_train("trainer.precision=bf16-mixed", output_dir=tmp_path)
+    slow = r"trainer.precision=bf16-mixed on CPU is ~25x slower"
+    with pytest.warns(UserWarning, match=slow), pytest.raises(RuntimeError, match="checks passed"):
+        train(cfg)

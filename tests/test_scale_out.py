@@ -26,6 +26,7 @@ SHRINK = [  # the embedded default, 4 steps, cheap grids
     "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.log_every_n_steps=1",
     "callbacks.sample_grid.every_n_steps=4", "callbacks.sample_grid.num_images=2",
     "callbacks.sample_grid.num_inference_steps=2", "+trainer.enable_progress_bar=false",
+    "resume_dir=${hydra:runtime.output_dir}/resume_index",
 ]  # fmt: skip
 
 

@@ -21,8 +21,12 @@ CONF = ROOT / "conf"
 
 
 def compose_train(*overrides: str, output_dir: Path) -> DictConfig:
+    """The real train config, writing to `output_dir` (and indexing runs for resume=true there)."""
+    extra = [] if any(o.startswith("resume_dir=") for o in overrides) else [
+        f"resume_dir={output_dir}/resume_index"
+    ]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={output_dir}", *overrides])
+        cfg = compose("train", overrides=[f"paths.output_dir={output_dir}", *extra, *overrides])
     return cfg
 
 

@@ -9,8 +9,9 @@ from typing import Any
 import hydra
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
+from difftune.callbacks import FinalCheckpoint
 from difftune.checkpoint_io import check_checkpoint_matches
 from difftune.config_checks import check_train_config
 from difftune.data import ImageDataModule
@@ -22,6 +23,7 @@ from difftune.model_card import write_model_card
 from difftune.module import DiffusionFineTuner
 from difftune.pipeline_io import export_pipeline
 from difftune.provenance import record_run
+from difftune.resume import latest_checkpoint, register_run
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,9 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, DiffusionFineTuner, Trainer
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)
     callbacks: list[Callback] = instantiate_all(cfg.get("callbacks"))
-    if cfg.get("ema") is not None:  # last, so other callbacks see raw weights at train end
-        callbacks.append(hydra.utils.instantiate(cfg.ema))
+    if cfg.get("ema") is not None:  # before last.ckpt's writer: it saves the step's average too
+        final = [i for i, c in enumerate(callbacks) if isinstance(c, FinalCheckpoint)]
+        callbacks.insert(final[0] if final else len(callbacks), hydra.utils.instantiate(cfg.ema))
     loggers = instantiate_all(cfg.get("logger"))
     log_config(loggers, cfg)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -88,6 +91,10 @@ def effective_batch(batch_size: int, trainer: Trainer) -> int:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune `cfg.model` on `cfg.data`; write checkpoints, samples, curves and `pipeline/`."""
     check_train_config(cfg)
+    if cfg.get("resume"):
+        with open_dict(cfg):
+            cfg.ckpt_path = str(latest_checkpoint(cfg))
+        log.info("resume=true: resuming from %s", cfg.ckpt_path)
     check_loggers(cfg)
     seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build(cfg)
@@ -100,6 +107,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     if cfg.get("ckpt_path"):
         check_checkpoint_matches(cfg.ckpt_path, module)
+    if trainer.is_global_zero:
+        register_run(cfg)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except SIGTERMException:

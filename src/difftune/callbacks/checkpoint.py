@@ -12,25 +12,40 @@ INTERRUPTS = (KeyboardInterrupt, SIGTERMException)
 
 
 class FinalCheckpoint(Callback):
-    """Writes `dirpath/last.ckpt` at the end of fit (before EMA weights replace the raw ones),
-    and on Ctrl-C (SIGINT) or SIGTERM, so an interrupted run resumes where it stopped."""
+    """Writes `dirpath/last.ckpt` every N steps, at the end of fit (before EMA weights replace
+    the raw ones), and on Ctrl-C (SIGINT) or SIGTERM, so a stopped run resumes where it was."""
 
-    def __init__(self, dirpath: str) -> None:
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = None) -> None:
         self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps
+        self._saved_step = -1
 
     @property
     def path(self) -> Path:
         return self.dirpath / "last.ckpt"
 
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        # Saved from the batch end (also at max_steps): a checkpoint taken in on_train_end
+        # resumes with Lightning's logging step one ahead.
+        step = trainer.global_step
+        periodic = bool(self.every_n_train_steps) and step % self.every_n_train_steps == 0
+        if step != self._saved_step and (periodic or 0 < trainer.max_steps <= step):
+            self._save(trainer)
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step != self._saved_step:  # ended by max_epochs, max_time or a stop
+            self._save(trainer)
+
+    def _save(self, trainer: Trainer) -> None:
         trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
         if not isinstance(exception, INTERRUPTS):
             return  # a crash: the last periodic checkpoint stays the one to resume from
-        trainer.save_checkpoint(self.path)
+        self._save(trainer)
         log.warning(
             "%s at step %d: saved %s; resume with ckpt_path=%s",
             "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C",

@@ -1,0 +1,83 @@
+"""`resume=true`: find this experiment's newest checkpoint, whichever run directory holds it.
+
+Runs of the same configuration (everything except where it writes, how long it runs and whether
+it resumes) share a key; each run adds its directory to `<resume_dir>/<key>.json` at the start,
+and `resume=true` takes the checkpoint with the most steps among those directories. Finding none
+is an error, never a silent fresh start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from difftune.errors import DifftuneError
+
+# keys that do not change what is trained: where it goes, for how long, whether it resumes, and
+# what watches it (loggers, grids, checkpoint periods, validation)
+VOLATILE = (
+    "paths", "hydra", "resume", "resume_dir", "ckpt_path", "export_dir", "push_to_hub", "hub",
+    "logger", "callbacks", "objective",
+)  # fmt: skip
+VOLATILE_TRAINER = (
+    "max_steps", "max_epochs", "max_time", "enable_progress_bar", "default_root_dir",
+    "log_every_n_steps", "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps",
+    "enable_model_summary",
+)  # fmt: skip
+
+
+def run_key(cfg: DictConfig) -> str:
+    """12 hex digits naming the configuration (interpolations unresolved, volatile keys dropped)."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    for key in VOLATILE:
+        tree.pop(key, None)
+    for key in VOLATILE_TRAINER:
+        tree.get("trainer", {}).pop(key, None)
+    text = json.dumps(tree, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _index(cfg: DictConfig) -> Path:
+    return Path(cfg.resume_dir) / f"{run_key(cfg)}.json"
+
+
+def register_run(cfg: DictConfig) -> None:
+    """Add this run's directory to its configuration's index (atomic rewrite)."""
+    index = _index(cfg)
+    index.parent.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(index.read_text())["runs"] if index.is_file() else []
+    run_dir = str(Path(cfg.paths.output_dir).resolve())
+    if run_dir not in runs:
+        runs.append(run_dir)
+    tmp = index.with_name(f".{index.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    tmp.replace(index)
+
+
+def _step(ckpt: Path) -> int:
+    try:
+        return int(
+            torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        )
+    except Exception:  # a checkpoint that cannot be read is not a candidate
+        return -1
+
+
+def latest_checkpoint(cfg: DictConfig) -> Path:
+    """The readable checkpoint with the most steps among this configuration's runs."""
+    index = _index(cfg)
+    runs = json.loads(index.read_text())["runs"] if index.is_file() else []
+    candidates = [c for run in runs for c in Path(run).glob("checkpoints/*.ckpt")]
+    scored = sorted(((_step(c), c.stat().st_mtime, c) for c in candidates), reverse=True)
+    if not scored or scored[0][0] < 0:
+        raise DifftuneError(
+            f"resume=true: no checkpoint of this configuration (key {run_key(cfg)}) under "
+            f"{cfg.resume_dir} ({len(runs)} earlier runs); drop resume=true to start fresh, or "
+            "pass ckpt_path=..."
+        )
+    return scored[0][2]
