@@ -87,25 +87,27 @@ def run_train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
 def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
     whole = run_train(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-2000:]
+    expected = losses(tmp_path / "whole")
+    weights = load_file(tmp_path / "whole" / "pipeline" / "unet" / WEIGHTS)
 
-    # killed at the start of step 7 (epoch 1, third batch), after the checkpoint of step 6
-    killed = run_train(tmp_path / "killed", "+callbacks.kill._target_=faults.KillAt",
-                       "+callbacks.kill.step=7")  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL
-    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    assert step_of(last) == 6 and not (tmp_path / "killed" / "pipeline").exists()
+    # killed at the start of step 7 (epoch 1, 3rd batch) and of step 10 (epoch 2, 3rd batch),
+    # after the checkpoints of steps 6 and 9
+    for kill_at, saved_at in ((7, 6), (10, 9)):
+        killed_dir, resumed_dir = tmp_path / f"killed{kill_at}", tmp_path / f"resumed{kill_at}"
+        killed = run_train(killed_dir, "+callbacks.kill._target_=faults.KillAt",
+                           f"+callbacks.kill.step={kill_at}")  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL
+        last = killed_dir / "checkpoints" / "last.ckpt"
+        assert step_of(last) == saved_at and not (killed_dir / "pipeline").exists()
 
-    resumed = run_train(tmp_path / "resumed", f"ckpt_path={last}")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "not resumable" not in resumed.stderr  # Lightning's mid-epoch warning does not fire
-
-    expected, got = losses(tmp_path / "whole"), losses(tmp_path / "resumed")
-    assert sorted(got) == list(range(6, 12))
-    assert max(abs(got[s] - expected[s]) for s in got) <= 1e-6
-    a, b = (
-        load_file(tmp_path / run / "pipeline" / "unet" / WEIGHTS) for run in ("whole", "resumed")
-    )
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+        resumed = run_train(resumed_dir, f"ckpt_path={last}")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "not resumable" not in resumed.stderr  # Lightning's mid-epoch warning is silent
+        got = losses(resumed_dir)
+        assert sorted(got) == list(range(saved_at, 12))
+        assert max(abs(got[s] - expected[s]) for s in got) <= 1e-6
+        after = load_file(resumed_dir / "pipeline" / "unet" / WEIGHTS)
+        assert max((after[k] - weights[k]).abs().max().item() for k in weights) <= 1e-6
 
 
 def test_resume_true_finds_the_newest_checkpoint_of_the_same_config(tmp_path):
