@@ -259,6 +259,24 @@ def test_on_nonfinite_stop_stops_at_the_first(tmp_path):
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 2
 
 
+@pytest.mark.slow
+def test_ddp_ranks_agree_to_skip_a_batch_that_is_nan_on_one_rank(tmp_path):
+    """Rank 1's batch at step 2 is NaN, rank 0's is not: both skip (no hang, no divergence)."""
+    result = run_train(
+        tmp_path / "ddp", "hardware=ddp_cpu", "trainer.max_steps=4",
+        "+callbacks.poison._target_=faults.PoisonOnRank", "+callbacks.poison.step=2",
+        "+callbacks.poison.rank=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "ddp" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    skipped = [
+        float(r["train/nonfinite_skipped"]) for r in rows if r.get("train/nonfinite_skipped")
+    ]
+    assert skipped and set(skipped) == {1.0}  # rank 0 counts one skip, its own loss was finite
+    assert (tmp_path / "ddp" / "pipeline" / "model_index.json").is_file()
+
+
 # --- safe loading ---------------------------------------------------------------------------------
 
 

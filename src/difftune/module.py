@@ -103,6 +103,7 @@ class DiffusionFineTuner(LightningModule):
         self.consecutive_nonfinite = 0
         self.stop_reason: str | None = None  # set when the non-finite policy stopped training
         self.skipped_reasons: Counter[str] = Counter()  # undecodable images of this epoch
+        self._skip_step = False  # this batch's loss was not finite on some rank
         self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "lr_scheduler"])
 
     @property
@@ -151,6 +152,7 @@ class DiffusionFineTuner(LightningModule):
         return (per_image.mean(dim=(1, 2, 3)) * weights).mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        """The diffusion loss of one batch; a zero-gradient stand-in when it is not finite."""
         x_0 = batch["images"]
         skipped = len(batch.get("skipped", ()))
         self.skipped_reasons.update(batch.get("skipped", ()))
@@ -176,8 +178,10 @@ class DiffusionFineTuner(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=x_0.shape[0], sync_dist=True)
         return loss
 
-    def _skip_nonfinite(self) -> None:
-        """No backward and no optimizer step for this batch; stop per `on_nonfinite`."""
+    def _skip_nonfinite(self) -> torch.Tensor:
+        """A zero loss with zero gradients for this batch (every parameter still gets one, as DDP
+        needs), no optimizer step after it (see `optimizer_step`); stop per `on_nonfinite`."""
+        self._skip_step = True
         self.nonfinite_steps += 1
         self.consecutive_nonfinite += 1
         self.log("train/nonfinite_skipped", float(self.nonfinite_steps), on_step=True)
@@ -195,7 +199,24 @@ class DiffusionFineTuner(LightningModule):
                         self.nonfinite_steps)  # fmt: skip
         if self.stop_reason is not None:
             self.trainer.should_stop = True
-        return None
+        return torch.stack([p.sum() for p in self.unet.parameters()]).sum() * 0.0
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure=None):
+        """The usual step, unless the batch was non-finite on some rank: then its (zero)
+        gradients are dropped and AdamW leaves weights and moments untouched on every rank.
+
+        With gradient accumulation a non-finite micro-batch only adds zeros; the step is skipped
+        when the last micro-batch of the window was the non-finite one.
+        """
+
+        def closure() -> Any:
+            self._skip_step = False
+            loss = optimizer_closure()
+            if self._skip_step:
+                optimizer.zero_grad(set_to_none=True)
+            return loss
+
+        optimizer.step(closure=closure)
 
     def on_train_epoch_end(self) -> None:
         """One line per epoch (not per image) saying which images were skipped and why."""
