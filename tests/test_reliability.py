@@ -207,6 +207,29 @@ def test_ctrl_c_saves_last_ckpt_and_exits(tmp_path):
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 2
 
 
+SLURM_ENV = dict(
+    SLURM_NTASKS="1", SLURM_JOB_NAME="train", SLURM_JOB_ID="4242", SLURM_PROCID="0",
+    SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NODELIST="localhost",
+)  # fmt: skip
+
+
+def test_sigusr1_under_slurm_saves_an_hpc_checkpoint_and_requeues(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # records how it was called instead of talking to SLURM
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > "{tmp_path / "scontrol_args"}"\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+
+    cfg = shrink(compose_train(output_dir=tmp_path / "job"), steps=6)
+    usr1 = AtStep(3, lambda trainer: os.kill(os.getpid(), signal.SIGUSR1))
+    run_with(cfg, usr1)  # SLURM would end the job after the requeue; here it runs on
+    assert (tmp_path / "scontrol_args").read_text().split() == ["requeue", "4242"]
+    assert step_of(tmp_path / "job" / "hpc_ckpt_1.ckpt") == 3  # what the requeued job resumes
+
+
 # --- non-finite loss ------------------------------------------------------------------------------
 
 
