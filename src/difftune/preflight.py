@@ -30,9 +30,7 @@ def check_hardware(cfg: DictConfig, multirun: bool = False) -> None:
     """A GPU config needs a visible GPU; DDP over several devices in a `-m` sweep needs torchrun."""
     trainer = cfg.trainer
     hydra_cfg = cfg.get("hydra") or {}
-    if "submitit_slurm" in str(hydra_cfg.get("launcher", {}).get("_target_", "")).lower() or (
-        "SlurmLauncher" in str(hydra_cfg.get("launcher", {}).get("_target_", ""))
-    ):
+    if str(hydra_cfg.get("launcher", {}).get("_target_", "")).endswith("SlurmLauncher"):
         return  # the jobs run on the cluster's nodes, which check their own GPUs
     choice = hydra_cfg.get("runtime", {}).get("choices", {}).get("hardware", "")
     name = f"hardware={choice}" if choice else f"trainer.accelerator={trainer.get('accelerator')}"
