@@ -4,29 +4,71 @@ import pytest
 import torch
 from article_loops import article_color_loop, article_ddim_loop
 from conftest import SCHEDULERS
-from diffusers import (
-    EulerDiscreteScheduler,
-)
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from difftune.errors import DifftuneError
 from difftune.guidance import ColorLoss, Guidance
 from difftune.images import save_grid, to_pil_list, to_unit
 from difftune.sampling import sample
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
-def test_unguided_equals_article_ddim_loop(tiny_unet, noise):
-    ours = sample(tiny_unet, SCHEDULERS["ddim"](), noise, num_inference_steps=20)
-    article = article_ddim_loop(tiny_unet, SCHEDULERS["ddim"](), noise.clone(), 20)
+
+def article_scheduler(clip_sample: bool, prediction_type: str = "epsilon") -> DDIMScheduler:
+    """The article's DDIM from google/ddpm-celebahq-256's config (clip_sample=True there)."""
+    return DDIMScheduler(
+        num_train_timesteps=1000, clip_sample=clip_sample, prediction_type=prediction_type
+    )
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("clip_sample", [True, False])
+def test_unguided_equals_article_ddim_loop(tiny_unet, noise, clip_sample, prediction_type):
+    make = lambda: article_scheduler(clip_sample, prediction_type)  # noqa: E731
+    ours = sample(tiny_unet, make(), noise, num_inference_steps=20)
+    article = article_ddim_loop(tiny_unet, make(), noise.clone(), 20)
     torch.testing.assert_close(ours, article, atol=1e-4, rtol=0)
 
 
-def test_color_guided_equals_article_color_loop(tiny_unet, noise):
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("clip_sample", [True, False])
+def test_color_guided_equals_article_color_loop(tiny_unet, noise, clip_sample, prediction_type):
+    """The article takes x̂0 from scheduler.step(...).pred_original_sample: clipped with its
+    scheduler's clip_sample=True, so its gradient is zero where x̂0 leaves [-1, 1]."""
+    make = lambda: article_scheduler(clip_sample, prediction_type)  # noqa: E731
     g = Guidance(ColorLoss((0.8, 0.4, 0.6)), scale=40, through_unet=True)
-    ours = sample(tiny_unet, SCHEDULERS["ddim"](), noise, num_inference_steps=20, guidance=g)
-    article = article_color_loop(tiny_unet, SCHEDULERS["ddim"](), noise.clone(), 40, 20)
-    unguided = sample(tiny_unet, SCHEDULERS["ddim"](), noise, num_inference_steps=20)
+    ours = sample(tiny_unet, make(), noise, num_inference_steps=20, guidance=g)
+    article = article_color_loop(tiny_unet, make(), noise.clone(), 40, 20)
+    unguided = sample(tiny_unet, make(), noise, num_inference_steps=20)
     assert (article - unguided).abs().max() > 1e-2  # the guidance did something
     torch.testing.assert_close(ours, article, atol=1e-4, rtol=0)
+
+
+def test_clipped_x0_matters_and_can_be_turned_off(tiny_unet, noise):
+    """With clip_sample=True the clip changes the result; clip_x0=False is the unclipped x̂0."""
+    kwargs = dict(scale=40, through_unet=True)
+    clipped = Guidance(ColorLoss(), **kwargs)
+    raw = Guidance(ColorLoss(), clip_x0=False, **kwargs)
+    with_clip = sample(tiny_unet, article_scheduler(True), noise, 20, guidance=clipped)
+    without = sample(tiny_unet, article_scheduler(True), noise, 20, guidance=raw)
+    assert (with_clip - without).abs().max() > 1e-2
+    # the unclipped x̂0 under a clipping scheduler equals the clipped one under a non-clipping
+    # scheduler only where nothing saturates; here it must at least differ from the article
+    article = article_color_loop(tiny_unet, article_scheduler(True), noise.clone(), 40, 20)
+    assert (without - article).abs().max() > 1e-2
+
+
+def test_dynamic_thresholding_is_followed(tiny_unet, noise):
+    """thresholding=True: the loss sees the scheduler's own thresholded pred_original_sample."""
+    seen = []
+
+    def loss(x0):
+        seen.append(x0.detach())
+        return ColorLoss()(x0)
+
+    scheduler = DDIMScheduler(num_train_timesteps=1000, thresholding=True, sample_max_value=1.5)
+    sample(tiny_unet, scheduler, noise * 3, 3, guidance=Guidance(loss, 10.0))
+    assert all(x0.abs().max() <= 1.0 + 1e-6 for x0 in seen)  # thresholded, then divided by s
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
@@ -66,23 +108,26 @@ def test_through_unet_output_is_detached(tiny_unet, noise):
     assert not out.requires_grad
 
 
-def test_callback_sees_every_step(tiny_unet, noise):
+@pytest.mark.parametrize("clip_sample", [True, False])
+def test_callback_sees_every_step(tiny_unet, noise, clip_sample):
     seen = []
-    sample(tiny_unet, SCHEDULERS["ddim"](), noise, 6, callback=seen.append)
+    sample(tiny_unet, article_scheduler(clip_sample), noise, 6, callback=seen.append)
     assert [s["i"] for s in seen] == list(range(6))
     timesteps = [int(s["t"]) for s in seen]
     assert timesteps == sorted(timesteps, reverse=True)
-    for s in seen:
+    # each x̂0 is the DDIM pred_original_sample of its step (clipped when the scheduler clips)
+    scheduler = article_scheduler(clip_sample)
+    scheduler.set_timesteps(6)
+    largest = 0.0
+    for s, t in zip(seen, scheduler.timesteps, strict=True):
         assert s["x_t"].shape == s["x0"].shape == noise.shape
         assert not s["x0"].requires_grad
-    # the last x̂0 is the DDIM pred_original_sample of the last step
-    scheduler = SCHEDULERS["ddim"]()
-    scheduler.set_timesteps(6)
-    t = scheduler.timesteps[-1]
-    with torch.no_grad():
-        eps = tiny_unet(seen[-1]["x_t"], t).sample
-    expected = scheduler.step(eps, t, seen[-1]["x_t"]).pred_original_sample
-    torch.testing.assert_close(seen[-1]["x0"], expected)
+        with torch.no_grad():
+            eps = tiny_unet(s["x_t"], t).sample
+        expected = scheduler.step(eps, t, s["x_t"]).pred_original_sample
+        torch.testing.assert_close(s["x0"], expected)
+        largest = max(largest, float(s["x0"].abs().max()))
+    assert largest == 1.0 if clip_sample else largest > 1.0  # the clip really acted
 
 
 def test_ddpm_reproducible_with_generator(tiny_unet, noise):

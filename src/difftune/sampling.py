@@ -9,6 +9,7 @@ import torch
 
 from difftune.errors import DifftuneError
 from difftune.guidance.guide import Guidance, alphas_at, apply_guidance, predict_x0
+from difftune.guidance.x0_clip import scheduler_x0_clip
 
 
 def _unet_output(
@@ -58,6 +59,7 @@ def sample(
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
     x_t = noise * scheduler.init_noise_sigma
     alpha_prods = alphas_at(scheduler, scheduler.timesteps, noise.device)  # ᾱ_t, t the timestep
+    x0_clip = scheduler_x0_clip(scheduler)  # x̂0 clipped as scheduler.step clips it
 
     for i, t in enumerate(scheduler.timesteps):
         alpha_prod_t = alpha_prods[i]
@@ -69,16 +71,17 @@ def sample(
             model_input = scheduler.scale_model_input(x_t, t)
             model_output = _unet_output(unet, model_input, t)
 
-        # 3. guidance: x_t ← x_t − s·w(t)·∇L(x̂0)  and/or  ε ← ε + √(1−ᾱ_t)·s·w(t)·∇L(x̂0)
+        # 3. guidance on x̂0 as the scheduler clips it: x_t ← x_t − s·w(t)·∇L(x̂0)
+        #    and/or ε ← ε + √(1−ᾱ_t)·s·w(t)·∇L(x̂0)
         if guidances:
             x_t, model_output = apply_guidance(
-                guidances, x_t, model_output, alpha_prod_t, prediction_type
+                guidances, x_t, model_output, alpha_prod_t, prediction_type, x0_clip
             )
 
         with torch.no_grad():
             # 4. progress report: x_t beside the x̂0 it predicts (no second scheduler.step)
             if callback is not None:
-                x0_pred = predict_x0(model_output, x_t, alpha_prod_t, prediction_type)
+                x0_pred = x0_clip(predict_x0(model_output, x_t, alpha_prod_t, prediction_type))
                 callback({"i": i, "t": t, "x_t": x_t.detach(), "x0": x0_pred.detach()})
 
             # 5. exactly one scheduler step per timestep: x_t → x_{t-1}

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from difftune.errors import DifftuneError
+from difftune.guidance.x0_clip import X0Clip
 
 
 class GuidanceError(DifftuneError, ValueError):
@@ -99,6 +100,7 @@ class Guidance:
         schedule: str = "none",
         apply_to: str = "x",
         grad_clip_rms: float | None = None,
+        clip_x0: bool = True,
     ) -> None:
         if not callable(loss):
             raise GuidanceError(f"guidance loss={loss!r} is not callable: pass x0 -> scalar tensor")
@@ -124,6 +126,8 @@ class Guidance:
         self.schedule = schedule
         self.apply_to = apply_to
         self.grad_clip_rms = None if grad_clip_rms is None else float(grad_clip_rms)
+        #: the loss sees x̂0 clipped/thresholded as the scheduler's `step` does (the article's x0)
+        self.clip_x0 = bool(clip_x0)
         #: steps of the last sample() where the gradient was not finite (taken unguided)
         self.nonfinite_steps = 0
 
@@ -131,7 +135,7 @@ class Guidance:
         return (
             f"Guidance({self.loss!r}, scale={self.scale}, through_unet={self.through_unet}, "
             f"schedule={self.schedule!r}, apply_to={self.apply_to!r}, "
-            f"grad_clip_rms={self.grad_clip_rms})"
+            f"grad_clip_rms={self.grad_clip_rms}, clip_x0={self.clip_x0})"
         )
 
     def weight(self, alpha_prod_t: torch.Tensor) -> torch.Tensor:
@@ -159,8 +163,13 @@ class Guidance:
         alpha_prod_t: torch.Tensor,
         prediction_type: str,
         retain_graph: bool = False,
+        x0_clip: X0Clip | None = None,
     ) -> torch.Tensor | None:
-        """s·w(t)·∇_{x_t} L(x̂0(x_t)), RMS-clamped per sample; None where not finite."""
+        """s·w(t)·∇_{x_t} L(clip(x̂0(x_t))), RMS-clamped per sample; None where not finite.
+
+        `x0_clip` is the scheduler's own x̂0 clipping (see `scheduler_x0_clip`), applied when
+        `clip_x0` is on, so the loss sees the `pred_original_sample` the scheduler steps with.
+        """
         with torch.enable_grad():
             if self.through_unet:
                 # exact: x_t is the leaf the UNet saw, model_output carries its graph
@@ -171,6 +180,8 @@ class Guidance:
                 x_in = x_t.detach().requires_grad_()
                 eps = to_epsilon(model_output.detach(), x_t.detach(), alpha_prod_t, prediction_type)
                 x0_pred = predict_x0(eps, x_in, alpha_prod_t, "epsilon")
+            if self.clip_x0 and x0_clip is not None:
+                x0_pred = x0_clip(x0_pred)
             loss = self.loss(x0_pred) * (self.scale * self.weight(alpha_prod_t))
             (grad,) = torch.autograd.grad(loss.sum(), x_in, retain_graph=retain_graph)
         if not bool(torch.isfinite(grad).all()):
@@ -189,13 +200,15 @@ def apply_guidance(
     model_output: torch.Tensor,
     alpha_prod_t: torch.Tensor,
     prediction_type: str,
+    x0_clip: X0Clip | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum the guidance terms at (x_t, ε̂) and return the guided (x_t, model_output), detached."""
     last_through_unet = max((k for k, g in enumerate(guidances) if g.through_unet), default=-1)
     delta_x: torch.Tensor | None = None
     delta_eps: torch.Tensor | None = None
     for k, g in enumerate(guidances):
-        grad = g.gradient(x_t, model_output, alpha_prod_t, prediction_type, k < last_through_unet)
+        retain = k < last_through_unet
+        grad = g.gradient(x_t, model_output, alpha_prod_t, prediction_type, retain, x0_clip)
         if grad is None:
             continue
         if g.apply_to == "x":  # x_t ← x_t − s·w(t)·∇L
