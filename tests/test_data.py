@@ -298,8 +298,8 @@ def test_val_size_is_clamped_and_max_images(image_folder: Path) -> None:
         ({"val_size": -1}, "data.val_size=-1 must be >= 0"),
         ({"max_images": 0}, "data.max_images=0 must be >= 1"),
         ({"style": "sepia"}, "data.style='sepia' is not one of photo, vintage"),
-        ({"source": "hf"}, "data.dataset_name=None is required when data.source='hf'"),
-        ({"source": "imagefolder"}, "data.data_dir=None is required"),
+        ({"source": "hf"}, "data.dataset_name=None: data.source=hf needs a dataset, e.g."),
+        ({"source": "imagefolder"}, "data.data_dir=None: data=imagefolder needs the folder"),
         ({"source": "imagefolder", "data_dir": "/no/such/dir"}, "'/no/such/dir' is not an exist"),
     ],
 )

@@ -21,6 +21,8 @@ from difftune.errors import DifftuneError
 log = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "hf", "imagefolder")
+#: `val_size: null` holds out this share of the images, at least VAL_FLOOR and at most VAL_CAP
+VAL_FRACTION, VAL_FLOOR, VAL_CAP = 0.05, 4, 64
 
 
 def _check_int(key: str, value: object, minimum: int, allow_none: bool = False) -> None:
@@ -42,11 +44,13 @@ class ImageDataModule(pl.LightningDataModule):
         dataset_name: str | None = None,
         data_dir: str | None = None,
         split: str = "train",
+        subset: str | None = None,
+        revision: str | None = None,
         image_column: str = "image",
         image_size: int = 32,
         batch_size: int = 16,
         num_workers: int = 0,
-        val_size: int = 64,
+        val_size: int | None = None,
         flip: bool = True,
         random_crop: bool = False,
         seed: int = 0,
@@ -62,7 +66,7 @@ class ImageDataModule(pl.LightningDataModule):
         _check_int("image_size", image_size, 1)
         _check_int("batch_size", batch_size, 1)
         _check_int("num_workers", num_workers, 0)
-        _check_int("val_size", val_size, 0)
+        _check_int("val_size", val_size, 0, allow_none=True)
         _check_int("num_images", num_images, 1)
         _check_int("seed", seed, 0)
         _check_int("max_images", max_images, 1, allow_none=True)
@@ -70,18 +74,20 @@ class ImageDataModule(pl.LightningDataModule):
             raise DifftuneError(f"data.style={style!r} is not one of {', '.join(STYLES)}")
         if source == "hf" and not dataset_name:
             raise DifftuneError(
-                f"data.dataset_name={dataset_name!r} is required when data.source='hf' "
-                "(e.g. Norod78/Vintage-Faces-FFHQAligned or a local dataset dir)"
+                f"data.dataset_name={dataset_name!r}: data.source=hf needs a dataset, e.g. "
+                "data.dataset_name=Norod78/Vintage-Faces-FFHQAligned or a local dataset dir"
             )
         if source == "imagefolder":
             if not data_dir:
                 raise DifftuneError(
-                    f"data.data_dir={data_dir!r} is required when data.source='imagefolder'"
+                    f"data.data_dir={data_dir!r}: data=imagefolder needs the folder of images, "
+                    "e.g. data.data_dir=/path/to/images"
                 )
             if not Path(data_dir).expanduser().is_dir():
                 raise DifftuneError(f"data.data_dir={data_dir!r} is not an existing directory")
         self.save_hyperparameters(logger=False)
         self.source, self.dataset_name, self.split = source, dataset_name, split
+        self.subset, self.revision = subset, revision
         self.data_dir = str(Path(data_dir).expanduser()) if data_dir else None
         self.image_column, self.image_size, self.batch_size = image_column, image_size, batch_size
         self.num_workers, self.val_size, self.seed = num_workers, val_size, seed
@@ -103,7 +109,9 @@ class ImageDataModule(pl.LightningDataModule):
         if self._records is not None:
             return self._records
         if self.source == "hf":
-            records = load_hf_records(self.dataset_name, self.split, self.image_column)
+            records = load_hf_records(
+                self.dataset_name, self.split, self.image_column, self.subset, self.revision
+            )
         else:
             records = list_image_files(self.data_dir)
             if not records:
@@ -126,15 +134,30 @@ class ImageDataModule(pl.LightningDataModule):
         found = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
         raise DifftuneError(f"no decodable image in {where} ({n} tried: {found})")
 
-    def _split_indices(self, n: int) -> tuple[list[int], list[int]]:
-        """Deterministic (by `seed`) disjoint train/val index lists over the first n items."""
-        val_size = min(self.val_size, n - 1)
-        if val_size < self.val_size:
+    def held_out(self, n: int) -> int:
+        """Validation images out of n: `val_size`, or by default 5 % with a floor and a cap."""
+        if self.val_size is None:
+            wanted = min(VAL_CAP, max(VAL_FLOOR, round(VAL_FRACTION * n)))
+        else:
+            wanted = self.val_size
+        held = min(wanted, n - 1)
+        if held < wanted:
             warnings.warn(
-                f"data.val_size={self.val_size} clamped to {val_size}: only {n} images "
+                f"data.val_size={wanted} clamped to {held}: only {n} images "
                 "(at least 1 is kept for training)",
                 stacklevel=3,
             )
+        elif self.val_size is not None and n > 1 and held > n // 4:
+            warnings.warn(
+                f"data.val_size={held} holds out {100 * held // n}% of the {n} images from "
+                "training; data.val_size=null holds out 5% (4 to 64)",
+                stacklevel=3,
+            )
+        return held
+
+    def _split_indices(self, n: int) -> tuple[list[int], list[int]]:
+        """Deterministic (by `seed`) disjoint train/val index lists over the first n items."""
+        val_size = self.held_out(n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
         return sorted(perm[val_size:]), sorted(perm[:val_size])
 
@@ -155,7 +178,10 @@ class ImageDataModule(pl.LightningDataModule):
         train_idx, val_idx = self._split_indices(n)
         self.train_dataset = Subset(train_base, train_idx)
         self.val_dataset = Subset(val_base, val_idx)
-        log.info("data %s: %d train / %d val images", self.source, len(train_idx), len(val_idx))
+        log.info(
+            "data %s: %d images, %d train / %d validation (data.val_size=%s)",
+            self.source, n, len(train_idx), len(val_idx), self.val_size,
+        )  # fmt: skip
 
     @property
     def num_train(self) -> int:

@@ -51,8 +51,15 @@ class HFImageRecords(Sequence):
         return value.get("bytes") or value.get("path") or b""
 
 
-def load_hf_records(dataset_name: str, split: str, image_column: str) -> HFImageRecords:
-    """Load a hub dataset, a local hub-style folder or a `save_to_disk` dir, without decoding."""
+def load_hf_records(
+    dataset_name: str,
+    split: str,
+    image_column: str,
+    subset: str | None = None,
+    revision: str | None = None,
+) -> HFImageRecords:
+    """Load a hub dataset (its `subset` config at `revision`), a local hub-style folder or a
+    `save_to_disk` dir, without decoding."""
     import datasets  # slow import, only needed for this source
 
     try:
@@ -66,12 +73,13 @@ def load_hf_records(dataset_name: str, split: str, image_column: str) -> HFImage
                     )
                 ds = ds[split]
         else:
-            ds = datasets.load_dataset(dataset_name, split=split)
+            ds = datasets.load_dataset(dataset_name, subset, split=split, revision=revision)
     except DifftuneError:
         raise
     except Exception as exc:
         raise DifftuneError(
-            f"could not load data.dataset_name={dataset_name!r} (split={split!r}): "
+            f"could not load data.dataset_name={dataset_name!r} (data.subset={subset!r}, "
+            f"data.split={split!r}, data.revision={revision!r}): "
             f"{type(exc).__name__}: {_one_line(str(exc))}; {_OFFLINE_HINT}"
         ) from exc
     if image_column not in ds.column_names:
