@@ -50,7 +50,7 @@ def split_card(text: str) -> tuple[dict, str]:
 def test_model_card_has_front_matter_facts_grid_and_load_lines(tmp_path):
     pipe = tmp_path / "pipeline"
     pipe.mkdir()
-    card = write_model_card(pipe, **card_args(tmp_path), repo_id="me/vintage-ddpm")
+    card = write_model_card(pipe, **card_args(tmp_path), image_size=128, repo_id="me/vintage-ddpm")
     assert card == pipe / "README.md"
     meta, body = split_card(card.read_text())
     assert meta["library_name"] == "diffusers"
@@ -62,6 +62,7 @@ def test_model_card_has_front_matter_facts_grid_and_load_lines(tmp_path):
         "google/ddpm-celebahq-256", "huggan/vintage-faces", "| steps | 300 |",
         "| effective batch | 16 |", "| learning rate | 1e-05 |", "| precision | bf16-mixed |",
         "| EMA | on (decay 0.999) |", "| train/loss | 0.0312 |", "| val/loss | 0.04567 |",
+        "| resolution | 128 px |",
     ]:  # fmt: skip
         assert fact in body, fact
     lines = body.splitlines()
@@ -82,6 +83,9 @@ def test_model_card_for_a_local_base_without_ema_grid_or_repo(tmp_path, tiny_pip
     card = write_model_card(pipe, **args, license="mit")
     meta, body = split_card(card.read_text())
     assert "base_model" not in meta and "datasets" not in meta  # local paths are not hub ids
+    assert str(tiny_pipeline_dir) not in card.read_text()  # nor written into a shareable card
+    assert "| base model | `a local pipeline (tiny_pipeline)` |" in body
+    assert "| resolution | unknown |" in body
     assert meta["license"] == "mit"
     assert "| EMA | off |" in body and "No metrics were logged." in body
     assert f'DDPMPipeline.from_pretrained("{pipe.resolve()}")' in body

@@ -1,39 +1,50 @@
 """`write_model_card`: a Hugging Face model card (README.md) beside an exported pipeline."""
 
 import json
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from difftune.errors import DifftuneError
 from difftune.pipeline_io import EMBEDDED
 
 TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "difftune"]
 SAMPLES_NAME = "samples.png"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def looks_like_hub_id(name: str | None) -> bool:
     """`owner/name` that is not a local path and not one of difftune's embedded models."""
-    if not name or name in EMBEDDED or not _HUB_ID.match(name):
+    if not name or name in EMBEDDED or "/" not in name or Path(name).exists():
         return False
-    return not Path(name).exists()
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
-def _front_matter(base_model: str | None, dataset: str | None, license: str | None) -> str:
-    meta: dict[str, object] = {"library_name": "diffusers"}
-    if license:
-        meta["license"] = license
-    meta["tags"] = list(TAGS)
-    meta["pipeline_tag"] = "unconditional-image-generation"
-    if looks_like_hub_id(base_model):
-        meta["base_model"] = base_model
-    if looks_like_hub_id(dataset):
-        meta["datasets"] = [dataset]
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+def describe_base(base_model: str | None) -> str:
+    """The base as a card may name it: a hub id or embedded name, else the local dir's name."""
+    if not base_model:
+        return "none (trained from scratch)"
+    if looks_like_hub_id(base_model) or base_model in EMBEDDED:
+        return base_model
+    return f"a local pipeline ({Path(base_model).name})"  # no absolute path of this machine
+
+
+def _card_data(base_model: str | None, dataset: str | None, license: str | None) -> ModelCardData:
+    return ModelCardData(
+        library_name="diffusers",
+        license=license or None,
+        tags=list(TAGS),
+        pipeline_tag="unconditional-image-generation",
+        base_model=base_model if looks_like_hub_id(base_model) else None,
+        datasets=[dataset] if looks_like_hub_id(dataset) else None,
+    )
 
 
 def _metrics_table(metrics: Mapping[str, float]) -> str:
@@ -66,14 +77,15 @@ def write_model_card(
     ema: float | None,
     metrics: Mapping[str, float],
     sample_grid: str | Path | None,
+    image_size: int | None = None,
     repo_id: str | None = None,
     license: str | None = None,
 ) -> Path:
     """Write `pipeline_dir/README.md` (and `samples.png`, a copy of `sample_grid`); return it.
 
-    `ema` is the EMA decay, or None when EMA was off. The load snippet names `repo_id` when the
-    pipeline is (to be) pushed, else the pipeline's absolute local path. Call it after
-    `export_pipeline`: `pipeline_dir` must exist.
+    `ema` is the EMA decay, or None when EMA was off; `image_size` the training resolution.
+    The load snippet names `repo_id` when the pipeline is (to be) pushed, else the pipeline's
+    absolute local path. Call it after `export_pipeline`: `pipeline_dir` must exist.
     """
     pipeline_dir = Path(pipeline_dir)
     if not pipeline_dir.is_dir():
@@ -97,8 +109,9 @@ A diffusers `DDPMPipeline` fine-tuned with difftune (PyTorch Lightning + Hydra).
 
 | | |
 |---|---|
-| base model | `{base_model or "none (trained from scratch)"}` |
+| base model | `{describe_base(base_model)}` |
 | dataset | `{dataset or "unknown"}` |
+| resolution | {f"{int(image_size)} px" if image_size else "unknown"} |
 | steps | {int(steps)} |
 | effective batch | {int(effective_batch)} |
 | learning rate | {float(lr):g} |
@@ -122,5 +135,6 @@ image = pipe().images[0]
 ```
 """
     card = pipeline_dir / "README.md"
-    card.write_text(_front_matter(base_model, dataset, license) + body, encoding="utf-8")
+    data = _card_data(base_model, dataset, license)
+    ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").save(card)
     return card
