@@ -7,15 +7,18 @@ import hydra
 from omegaconf import DictConfig
 
 from difftune.cli import exit_on_user_error, preflight
-from difftune.generate import generate
+from difftune.quiet import silence_third_party
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    from difftune.generate import generate  # here: `--help` and bad input need none of it
+
     generate(cfg)
 
 
 if __name__ == "__main__":
+    silence_third_party()
     preflight(Path(__file__).parent / "conf", "sample", sys.argv[1:])
     main()

@@ -7,16 +7,19 @@ import hydra
 from omegaconf import DictConfig
 
 from difftune.cli import exit_on_user_error, preflight
-from difftune.train import objective, train
+from difftune.quiet import silence_third_party
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> dict[str, float] | float:
+    from difftune.train import objective, train  # here: `--help` and bad input need none of it
+
     metrics = train(cfg)
     return objective(metrics, cfg.get("objective"))
 
 
 if __name__ == "__main__":
+    silence_third_party()
     preflight(Path(__file__).parent / "conf", "train", sys.argv[1:])
     main()

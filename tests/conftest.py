@@ -12,6 +12,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     UNet2DModel,
 )
+from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
 SCHEDULERS = {
@@ -25,6 +26,13 @@ SCHEDULERS = {
 def noise() -> torch.Tensor:
     """A fixed start noise for the tiny UNet (2 images, 16 px)."""
     return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(autouse=True)
+def _no_hydra_job_left_behind():
+    """A test that sets Hydra's job config (as a job sees it) must not make the next one a job."""
+    yield
+    HydraConfig.instance().cfg = None
 
 
 @pytest.fixture(autouse=True)

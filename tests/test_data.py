@@ -22,7 +22,7 @@ def batches(loader) -> tuple[list[torch.Tensor], Counter]:
     """All image tensors of a loader and a count of the skipped reasons."""
     images, skipped = [], Counter()
     for batch in loader:
-        assert set(batch) == {"images", "skipped"}
+        assert set(batch) == {"images", "skipped", "skipped_files"}
         images.extend(batch["images"])
         skipped.update(batch["skipped"])
     return images, skipped
@@ -183,9 +183,10 @@ def test_decode_shape_range_and_center_crop(tmp_path: Path, size: int) -> None:
 
 
 def test_collate_with_every_image_skipped() -> None:
-    batch = collate([Skipped("truncated"), Skipped("unreadable")], image_size=16)
+    batch = collate([Skipped("truncated", "a.jpg"), Skipped("unreadable", "b.png")], image_size=16)
     assert batch["images"].shape == (0, 3, 16, 16)
     assert batch["skipped"] == ["truncated", "unreadable"]
+    assert batch["skipped_files"] == ["a.jpg", "b.png"]
 
 
 # --- the DataModule -------------------------------------------------------------------------

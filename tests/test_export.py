@@ -145,9 +145,9 @@ def check_push_error(err: DifftuneError, exported: Path, token: str | None = Non
     message = str(err)
     assert "\n" not in message
     assert f"the local export at {exported} is complete" in message
-    assert "huggingface-cli login" in message and "HF_TOKEN" in message
+    assert "`hf auth login`" in message and "HF_TOKEN" in message  # huggingface_hub's CLI now
     assert f"python -m difftune.export --pipeline {exported} --push-to-hub me/x" in message
-    assert f"huggingface-cli upload me/x {exported}" in message
+    assert f"`hf upload me/x {exported}`" in message
     if token:
         assert token not in message
 

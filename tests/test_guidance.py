@@ -242,7 +242,7 @@ def test_bad_clip_settings(tiny_clip, kwargs, match):
 def test_clip_weights_offline_say_how_to_pass_a_file(monkeypatch):
     monkeypatch.setattr(clip_module, "_hub_reachable", lambda: False)
     monkeypatch.setattr(clip_module, "_cached_weights", lambda cfg: None)
-    with pytest.raises(GuidanceError, match=r"pass pretrained='/path/to/open_clip_pytorch_model"):
+    with pytest.raises(GuidanceError, match=r"pass guidance.pretrained=/path/to/open_clip_pytorch"):
         ClipLoss("a rose", model_name="ViT-B-32", pretrained="openai")
     with pytest.raises(GuidanceError, match="neither an open_clip tag"):
         ClipLoss("a rose", model_name="ViT-B-32", pretrained="/no/such/weights.bin")

@@ -6,7 +6,7 @@ import pytest
 from test_train import compose_train, shrink
 
 from difftune.errors import DifftuneError
-from difftune.loggers import redact
+from difftune.redaction import redact
 from difftune.train import train
 
 
@@ -64,4 +64,6 @@ def test_config_logged_without_secrets(tmp_path, tiny_pipeline_dir):
     logged = (tmp_path / "hparams.yaml").read_text()
     assert "hf_SECRET123" not in logged and "abc" not in logged.split("wandb")[0]
     assert "pretrained" in logged and "optimizer" in logged  # the rest of the config is there
-    assert redact({"a": {"HF_TOKEN": 1, "b": [{"api_key": 2, "c": 3}]}}) == {"a": {"b": [{"c": 3}]}}
+    assert redact({"a": {"HF_TOKEN": 1, "b": [{"api_key": 2, "c": 3}]}}) == {
+        "a": {"HF_TOKEN": "***", "b": [{"api_key": "***", "c": 3}]}
+    }

@@ -123,12 +123,14 @@ def test_accumulation_equals_one_large_batch():
         torch.testing.assert_close(accumulated[key], one_batch[key], rtol=1e-5, atol=1e-6)
 
 
-def test_empty_batch_takes_no_step():
+def test_empty_batch_takes_no_step(tmp_path):
     module = make_module()
     before = {k: v.clone() for k, v in module.unet.state_dict().items()}
     empty = [{"images": torch.zeros(0, 3, 16, 16), "skipped": ["truncated"] * 4}]
-    trainer().fit(module, DataLoader(empty, batch_size=1, collate_fn=lambda items: items[0]))
+    loader = DataLoader(empty, batch_size=1, collate_fn=lambda items: items[0])
+    trainer(default_root_dir=tmp_path).fit(module, loader)
     assert all(torch.equal(before[k], v) for k, v in module.unet.state_dict().items())
+    assert (tmp_path / "skipped_images.txt").read_text().count("\ttruncated\t<bytes>\n") == 4
 
 
 def test_ema_decay_warms_up_to_its_cap():

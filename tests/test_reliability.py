@@ -346,7 +346,7 @@ def test_a_folder_of_bad_images_trains_and_reports_skips_once_per_epoch(tmp_path
     big = Image.new("RGB", (200, 200), (1, 2, 3))
     big.save(folder / "bomb.png")  # over the limit set below: PIL's decompression-bomb error
     cfg = shrink(
-        compose_train("data=imagefolder", f"data.data_dir={folder}", "data.val_size=2",
+        compose_train("data=imagefolder", f"data.data_dir={folder}", "data.val_size=8",
                       "data.batch_size=4", "data.image_size=32", output_dir=tmp_path / "run"),
         steps=8,
     )  # fmt: skip
@@ -359,13 +359,27 @@ def test_a_folder_of_bad_images_trains_and_reports_skips_once_per_epoch(tmp_path
         Image.MAX_IMAGE_PIXELS = limit
     reports = [r.getMessage() for r in caplog.records if "undecodable images" in r.getMessage()]
     assert reports, "no per-epoch report"
+    held_out = [r.getMessage() for r in caplog.records if "undecodable held-out" in r.getMessage()]
+    assert held_out and all(r.startswith("validation at step ") for r in held_out)
     for report in reports:  # one line per epoch, with the reasons, never one per image
         assert report.startswith("epoch ") and "skipped" in report
     epochs = {r.split(":")[0] for r in reports}
     assert len(epochs) == len(reports)
-    text = " ".join(reports)
+    text = " ".join(reports + held_out)
     for reason in ("truncated", "empty file", "unreadable", "decompression bomb"):
         assert reason in text, (reason, reports)
+    # each report names its first files and where all of them are listed
+    listed = tmp_path / "run" / "skipped_images.txt"
+    assert all(f"all listed in {listed}" in r for r in reports)
+    assert any(name in text for name in ("truncated.jpg", "empty.png", "text.png", "bomb.png"))
+    rows = [line.split("\t") for line in listed.read_text().splitlines()]
+    assert {row[0] for row in rows} == {"train", "val"}  # held-out skips are reported too
+    assert {Path(row[3]).name for row in rows} == {
+        "truncated.jpg",
+        "empty.png",
+        "text.png",
+        "bomb.png",
+    }
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
 
 

@@ -153,7 +153,10 @@ def test_hub_model_offline_is_one_line_and_exit_status_2(tmp_path):
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "Traceback" not in result.stderr
     assert "model.pretrained='google/ddpm-celebahq-256'" in error_lines[0]
-    assert "model=tiny_base" in error_lines[0] and "HF_HUB_OFFLINE" in error_lines[0]
+    assert "model=tiny_base" in error_lines[0]
+    # it is set already: say what it means instead of telling the user to set it
+    assert "HF_HUB_OFFLINE=1 is set, so only models already in the HF cache load" in error_lines[0]
+    assert "set HF_HUB_OFFLINE=1 to" not in error_lines[0]
 
 
 def test_dataset_without_decodable_images_fails_before_training(tmp_path, tiny_pipeline_dir):
@@ -198,16 +201,19 @@ def test_push_to_hub_after_a_complete_export(tmp_path, tiny_pipeline_dir, monkey
 
     monkeypatch.setattr(difftune.hub, "upload_folder", failing_upload)
     cfg = compose_train(
-        f"model.pretrained={tiny_pipeline_dir}", "data.image_size=16", "push_to_hub=true",
+        f"model.pretrained={tiny_pipeline_dir}", "data.image_size=32", "push_to_hub=true",
         "hub.repo_id=someone/tiny-vintage", output_dir=tmp_path,
     )  # fmt: skip
-    train(shrink(cfg, steps=2))
+    with pytest.raises(DifftuneError, match="the local export at .* is complete; to retry") as err:
+        train(shrink(cfg, steps=2))  # the same rule as `python -m difftune.export`: exit 2
+    assert "python -m difftune.export --pipeline" in str(err.value)
     assert [c[0] for c in calls] == ["create", "upload"]
     assert calls[1][1]["repo_id"] == "someone/tiny-vintage"
-    assert "the local export at" in caplog.text and "is complete" in caplog.text
     card = (tmp_path / "pipeline" / "README.md").read_text()
     assert "someone/tiny-vintage" in card and "library_name: diffusers" in card
-    assert DDPMPipeline.from_pretrained(tmp_path / "pipeline").unet is not None
+    pipe = DDPMPipeline.from_pretrained(tmp_path / "pipeline")
+    # the base samples at 16 px; the export at the resolution it was fine-tuned at
+    assert pipe.unet.config.sample_size == 32 and "| resolution | 32 px |" in card
 
 
 def test_push_to_hub_without_repo_id_is_rejected_first(tmp_path):

@@ -1,5 +1,6 @@
 """Entry-point glue: a user error becomes one line on stderr and exit status 2, no traceback."""
 
+import copy
 import functools
 import os
 import sys
@@ -10,6 +11,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from difftune.build_errors import config_error
 from difftune.errors import DifftuneError
 from difftune.preflight import check_command_line
 
@@ -23,24 +25,38 @@ def user_error(err: BaseException) -> DifftuneError | None:
     return None
 
 
+def full_trace() -> bool:
+    """`DEBUG=1` or `HYDRA_FULL_ERROR=1`: let user errors raise with their whole traceback."""
+    debug = os.environ.get("DEBUG", "") not in ("", "0")
+    return debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def task_overrides() -> list[str]:
+    """The overrides of the running Hydra job (none outside Hydra)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def in_multirun() -> bool:
     """Whether this process runs a job of a Hydra multirun (`-m`)."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a Hydra task function so `DifftuneError`s end the process with their message.
+    """Wrap a Hydra task function so user errors end the process with one line and exit 2.
 
-    In a multirun the error fails only its job: Hydra records it and runs the others.
+    User errors are `DifftuneError`s and the values a library rejected while an object was built
+    from the config (`config_error`). In a multirun the error fails only its job: Hydra records
+    it and runs the others. `DEBUG=1` or `HYDRA_FULL_ERROR=1` re-raises them with the traceback.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = copy.deepcopy(args[0]) if args else None  # instantiate resolves nodes in place
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            cause = user_error(err)
-            if cause is None:
+            cause = user_error(err) or config_error(err, given, task_overrides())
+            if cause is None or full_trace():
                 raise
             sys.stderr.write(f"error: {cause}\n")
             if in_multirun():
@@ -57,5 +73,7 @@ def preflight(config_dir: Path, config_name: str, argv: list[str]) -> None:
     try:
         check_command_line(config_dir, config_name, argv)
     except DifftuneError as err:
+        if full_trace():
+            raise
         sys.stderr.write(f"error: {err}\n")
         sys.exit(2)

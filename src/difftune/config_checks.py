@@ -1,9 +1,12 @@
 """Reject bad training configs in one line each, before any model or dataset is loaded."""
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from difftune.errors import DifftuneError
@@ -18,6 +21,24 @@ def _require(ok: bool, message: str) -> None:
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_seed(seed: Any, key: str = "seed") -> None:
+    """A seed is an integer that numpy (and so Lightning's `seed_everything`) accepts."""
+    limit = np.iinfo(np.uint32).max
+    _require(
+        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= limit,
+        f"{key}={seed} must be an integer in 0..{limit}",
+    )
+
+
+def check_device(device: Any, key: str = "device") -> None:
+    """`auto`, `cpu`, or `cuda` on a machine that has a CUDA GPU."""
+    _require(device in ("auto", "cpu", "cuda"), f"{key}={device} is not one of auto, cpu, cuda")
+    _require(
+        device != "cuda" or torch.cuda.is_available(),
+        f"{key}={device} but no CUDA GPU is visible; use {key}=cpu (or {key}=auto)",
+    )
 
 
 def unet_config_of(model_cfg: DictConfig) -> dict[str, Any]:
@@ -42,10 +63,17 @@ def check_image_size(
 def check_train_config(cfg: DictConfig) -> None:
     """Cheap checks of the composed config; the UNet is looked at through its config.json only."""
     check_hardware(cfg)
+    check_seed(cfg.get("seed"))
     lr = cfg.model.optimizer.get("lr")
     _require(
-        isinstance(lr, int | float) and lr > 0,
-        f"model.optimizer.lr={lr} must be a number > 0 (fine-tuning uses ~1e-5)",
+        isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,
+        f"model.optimizer.lr={lr} must be a number > 0 and finite (fine-tuning uses ~1e-5)",
+    )
+    max_steps = cfg.trainer.get("max_steps", -1)
+    _require(
+        max_steps != 0,
+        "trainer.max_steps=0 would export the model untrained; use a number of steps >= 1 "
+        "(or -1 to train for trainer.max_epochs)",
     )
     batch_size = cfg.data.get("batch_size")
     _require(_positive_int(batch_size), f"data.batch_size={batch_size} must be an integer >= 1")

@@ -24,9 +24,11 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from omegaconf import OmegaConf
 
 from difftune.cli import exit_on_user_error, user_error
+from difftune.disk import reported_writes
 from difftune.errors import DifftuneError
 from difftune.hub import push_to_hub
 from difftune.pipeline_io import export_pipeline, load_noise_scheduler, load_unet
+from difftune.run_dir import check_export_dir
 
 PREFIX = "unet."
 
@@ -136,9 +138,13 @@ def export_checkpoint(
 ) -> Path:
     """Export a checkpoint's UNet (EMA weights unless `raw`) as a pipeline; return its dir."""
     ckpt = Path(ckpt)
+    run = run_dir_of(ckpt)
+    if out is None:
+        out = (run or ckpt.resolve().parent) / f"pipeline_from_{ckpt.stem}"
+    out = Path(out)
+    check_export_dir(out)
     checkpoint = load_checkpoint(ckpt)
     weights = unet_weights(checkpoint, ckpt, raw)
-    run = run_dir_of(ckpt)
     if base is None and run is not None:
         unet, scheduler = build_from_run(run)
         built = str(run / ".hydra" / "config.yaml")
@@ -152,9 +158,19 @@ def export_checkpoint(
         unet, scheduler = build_from_base(str(base))
         built = str(base)
     load_strictly(unet, weights, ckpt, built)
-    if out is None:
-        out = (run or ckpt.resolve().parent) / f"pipeline_from_{ckpt.stem}"
-    return export_pipeline(unet.eval(), scheduler, Path(out))
+    kept = "the last complete export there stays loadable; free space and run this again"
+    with reported_writes(out, "the pipeline", then=kept):
+        return export_pipeline(unet.eval(), scheduler, out)
+
+
+def reexport_hint(ckpt: Path | None, out: str | Path) -> str:
+    """After a failed export of a run to `out`: what is kept, and the command that redoes it."""
+    if ckpt is None or not ckpt.is_file():
+        return "the last complete export there stays loadable; no checkpoint holds these weights"
+    return (
+        f"the last complete export there stays loadable; the weights are in {ckpt}: free space, "
+        f"then python -m difftune.export {ckpt} --out {out}"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -179,7 +195,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> Path:
-    """The command; returns the pipeline dir. Hub login: `huggingface-cli login` or HF_TOKEN."""
+    """The command; returns the pipeline dir. Hub login: `hf auth login` or HF_TOKEN."""
     args = parse_args(argv)
     if args.pipeline is not None:
         out = args.pipeline

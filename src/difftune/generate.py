@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from difftune.config_checks import check_image_size
+from difftune.config_checks import check_device, check_image_size, check_seed
 from difftune.errors import DifftuneError
 from difftune.images import save_grid, to_pil_list
 from difftune.pipeline_io import load_noise_scheduler, load_unet, load_unet_config
@@ -27,11 +27,22 @@ SCHEDULERS = {
 PLOTS = ("schedules",)
 
 
-def make_scheduler(name: str, pretrained: str) -> Any:
-    """The sampling scheduler `name`, built from the pipeline's own noise schedule."""
+def make_scheduler(name: str, pretrained: str, num_inference_steps: int | None = None) -> Any:
+    """The sampling scheduler `name`, built from the pipeline's own noise schedule.
+
+    With `num_inference_steps`, the scheduler's own `set_timesteps` checks that many steps now.
+    """
     if name not in SCHEDULERS:
         raise DifftuneError(f"scheduler={name!r} is not one of {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name].from_config(load_noise_scheduler(pretrained, key="pretrained").config)
+    config = load_noise_scheduler(pretrained, key="pretrained").config
+    scheduler = SCHEDULERS[name].from_config(config)
+    if num_inference_steps is not None:
+        try:
+            scheduler.set_timesteps(num_inference_steps)
+        except ValueError as err:
+            reason = str(err).strip().splitlines()[0]
+            raise DifftuneError(f"num_inference_steps={num_inference_steps}: {reason}") from None
+    return scheduler
 
 
 def _check(cfg: DictConfig) -> None:
@@ -43,8 +54,8 @@ def _check(cfg: DictConfig) -> None:
         raise DifftuneError(f"scheduler={cfg.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     if cfg.get("plot") not in (None, *PLOTS):
         raise DifftuneError(f"plot={cfg.plot!r} is not one of {', '.join(PLOTS)} (or null)")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise DifftuneError(f"device={cfg.device!r} is not one of auto, cpu, cuda")
+    check_device(cfg.device)
+    check_seed(cfg.get("seed"))
 
 
 def generate(cfg: DictConfig) -> Path:
@@ -59,6 +70,7 @@ def generate(cfg: DictConfig) -> Path:
     unet_config = load_unet_config(cfg.pretrained, key="pretrained")
     size = cfg.image_size or unet_config["sample_size"]
     check_image_size(size, unet_config, key="image_size")
+    scheduler = make_scheduler(cfg.scheduler, cfg.pretrained, cfg.num_inference_steps)
     guidance = None
     if cfg.guidance.get("guide") is not None:
         guidance = hydra.utils.instantiate(cfg.guidance.guide)
@@ -66,7 +78,6 @@ def generate(cfg: DictConfig) -> Path:
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
     unet = load_unet(cfg.pretrained, key="pretrained").to(device).eval().requires_grad_(False)
-    scheduler = make_scheduler(cfg.scheduler, cfg.pretrained)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(cfg.num_images, unet.config.in_channels, size, size, generator=generator)
@@ -95,5 +106,11 @@ def generate(cfg: DictConfig) -> Path:
         image.save(out / "images" / f"{index:04d}.png")
     plot_progression(progression, out / "progression.png")
     grid = save_grid(x_0, out / "grid.png")
+    bad = int((~torch.isfinite(x_0.flatten(1))).any(1).sum())
+    if bad:  # written anyway (black where NaN), so they can be looked at
+        raise DifftuneError(
+            f"pretrained={cfg.pretrained}: {bad} of {len(x_0)} images are not finite (NaN/inf; "
+            f"black in {grid}): check the pipeline's weights, or lower guidance.scale"
+        )
     log.info("wrote %s, %d images and progression.png", grid, len(x_0))
     return grid

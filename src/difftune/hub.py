@@ -46,9 +46,9 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 def retry_hint(pipeline_dir: str | Path, repo_id: str) -> str:
     return (
-        f"log in (`huggingface-cli login` or set HF_TOKEN), then run "
+        f"log in (`hf auth login` or set HF_TOKEN), then run "
         f"`python -m difftune.export --pipeline {pipeline_dir} --push-to-hub {repo_id}` "
-        f"or `huggingface-cli upload {repo_id} {pipeline_dir}`"
+        f"or `hf upload {repo_id} {pipeline_dir}`"
     )
 
 

@@ -2,25 +2,16 @@
 
 import netrc
 import os
-import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.errors import DifftuneError
-
-SECRET_KEY = re.compile(r"token|api_?key|secret|password|credential", re.IGNORECASE)
-
-
-def redact(value: Any) -> Any:
-    """The config as plain containers, with every secret-looking key dropped."""
-    if isinstance(value, dict):
-        return {k: redact(v) for k, v in value.items() if not SECRET_KEY.search(str(k))}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
+from difftune.redaction import redact, redact_text
 
 
 def wandb_logged_in() -> bool:
@@ -54,8 +45,20 @@ def check_loggers(cfg: DictConfig) -> None:
         )
 
 
+@contextmanager
+def redacted_argv() -> Iterator[None]:
+    """`sys.argv` without secrets while loggers start (W&B records the command line then)."""
+    argv = list(sys.argv)
+    sys.argv[:] = [redact_text(arg) for arg in argv]
+    try:
+        yield
+    finally:
+        sys.argv[:] = argv
+
+
 def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
-    """Send the resolved config, secrets removed, to every logger."""
+    """Start every logger and send it the resolved config, secrets removed."""
     config = redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
-    for logger in loggers:
-        logger.log_hyperparams(config)
+    with redacted_argv():
+        for logger in loggers:
+            logger.log_hyperparams(config)

@@ -1,7 +1,6 @@
 """`DiffusionFineTuner`: the DDPM objective (Ho et al. 2020, Alg. 1) as a LightningModule."""
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,6 +12,7 @@ from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from difftune.data.skip_report import SkipReport
 from difftune.errors import DifftuneError
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class DiffusionFineTuner(LightningModule):
         self.nonfinite_steps = 0  # batches whose loss was NaN/inf, all of this run
         self.consecutive_nonfinite = 0
         self.stop_reason: str | None = None  # set when the non-finite policy stopped training
-        self.skipped_reasons: Counter[str] = Counter()  # undecodable images of this epoch
+        self.skip_report = SkipReport()  # undecodable images of this epoch, train and validation
         self._skip_step = False  # this batch's loss was not finite on some rank
         self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "lr_scheduler"])
 
@@ -154,8 +154,7 @@ class DiffusionFineTuner(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         """The diffusion loss of one batch; a zero-gradient stand-in when it is not finite."""
         x_0 = batch["images"]
-        skipped = len(batch.get("skipped", ()))
-        self.skipped_reasons.update(batch.get("skipped", ()))
+        skipped = self.skip_report.add("train", batch)
         self.log(
             "data/skipped",
             float(skipped),
@@ -220,14 +219,14 @@ class DiffusionFineTuner(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """One line per epoch (not per image) saying which images were skipped and why."""
-        if self.skipped_reasons:
-            reasons = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.most_common())
-            total = sum(self.skipped_reasons.values())
-            log.warning("epoch %d: skipped %d undecodable images (%s)", self.current_epoch,
-                        total, reasons)  # fmt: skip
-            self.skipped_reasons.clear()
+        self.skip_report.flush("train", f"epoch {self.current_epoch}", self.trainer)
+
+    def on_validation_epoch_end(self) -> None:
+        """The same for the held-out images, once per validation."""
+        self.skip_report.flush("val", f"validation at step {self.global_step}", self.trainer)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self.skip_report.add("val", batch)
         x_0 = batch["images"]
         if x_0.shape[0] == 0:
             return None

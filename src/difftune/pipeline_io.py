@@ -1,5 +1,6 @@
 """Loading pretrained DDPM pipelines (hub id, local dir, training run dir) and exporting them."""
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,10 +13,20 @@ from difftune.errors import DifftuneError
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 EMBEDDED = {"difftune/tiny_base": ASSETS_DIR / "tiny_base"}
-OFFLINE_HINT = (
-    "pass a local pipeline dir (model.pretrained=/path/with/model_index.json), "
-    "set HF_HUB_OFFLINE=1 to use a cached download, or use model=tiny_base"
-)
+
+
+def offline_hint(key: str = "model.pretrained") -> str:
+    """What to do without the hub; HF_HUB_OFFLINE=1 is suggested only when it is not set."""
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    cache = (
+        "HF_HUB_OFFLINE=1 is set, so only models already in the HF cache load"
+        if HF_HUB_OFFLINE
+        else "set HF_HUB_OFFLINE=1 to use a cached download"
+    )
+    embedded = "model=tiny_base" if key == "model.pretrained" else f"{key}=difftune/tiny_base"
+    local = f"{key}=/path/with/model_index.json"
+    return f"pass a local pipeline dir ({local}), {cache}, or use {embedded}"
 
 
 def resolve_pretrained(pretrained: str) -> str:
@@ -32,13 +43,13 @@ def _load(fn: Any, pretrained: str, what: str, key: str, **kwargs: Any) -> Any:
     path = resolve_pretrained(pretrained)
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
     if looks_local and not Path(path).expanduser().exists():
-        raise DifftuneError(f"{key}='{pretrained}': no such directory; {OFFLINE_HINT}")
+        raise DifftuneError(f"{key}='{pretrained}': no such directory; {offline_hint(key)}")
     try:
         return fn(path, **kwargs)
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise DifftuneError(
-            f"{key}='{pretrained}': could not load its {what} ({reason}); {OFFLINE_HINT}"
+            f"{key}='{pretrained}': could not load its {what} ({reason}); {offline_hint(key)}"
         ) from err
 
 
@@ -66,20 +77,56 @@ def unet_downsample_factor(unet_config: dict[str, Any]) -> int:
 
 
 def export_pipeline(unet: UNet2DModel, scheduler: SchedulerMixin, out_dir: str | Path) -> Path:
-    """Save a DDPMPipeline (safetensors) atomically: write beside, then rename over `out_dir`."""
+    """Save a DDPMPipeline (safetensors) so that `out_dir` loads at every moment.
+
+    Each export is a new complete directory `.<name>.export-<random>` beside `out_dir`, and
+    `out_dir` is a symlink to it, replaced by one atomic rename; then the previous version is
+    removed. A failed or interrupted export leaves `out_dir` as it was; the next export removes
+    whatever an interrupted one left behind.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    pipeline = DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler.config))
-    pipeline.save_pretrained(tmp, safe_serialization=True)
-    for path in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700; an export is for sharing
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
+    _remove_leftovers(out_dir)
+    version = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
+    try:
+        pipeline = DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(scheduler.config))
+        pipeline.save_pretrained(version, safe_serialization=True)
+        for path in [version, *version.rglob("*")]:  # mkdtemp makes 0700; an export is for sharing
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        previous = _point(out_dir, version)
+    except BaseException:
+        shutil.rmtree(version, ignore_errors=True)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     return out_dir
+
+
+def _point(out_dir: Path, version: Path) -> Path | None:
+    """Make `out_dir` a symlink to `version` in one rename; return what it held before."""
+    link = version.with_name(f"{version.name}.link")
+    link.symlink_to(version.name)
+    previous = _current_version(out_dir)
+    if out_dir.is_dir() and not out_dir.is_symlink():  # a plain dir (an export before versions):
+        previous = version.with_name(f"{version.name}.previous")  # the one step with no out_dir
+        out_dir.rename(previous)
+    os.replace(link, out_dir)
+    return previous
+
+
+def _current_version(out_dir: Path) -> Path | None:
+    """The version `out_dir` points to, when it is a symlink that `export_pipeline` made."""
+    target = os.readlink(out_dir) if out_dir.is_symlink() else ""
+    if target.startswith(f".{out_dir.name}.export-") and os.sep not in target:
+        return out_dir.parent / target
+    return None
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove the versions and links of exports to `out_dir` that `out_dir` does not point to."""
+    current = _current_version(out_dir)
+    for path in out_dir.parent.glob(f".{out_dir.name}.export-*"):
+        if path.is_symlink():
+            path.unlink()
+        elif path != current:
+            shutil.rmtree(path, ignore_errors=True)

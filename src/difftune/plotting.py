@@ -1,16 +1,23 @@
 """Figures: the denoising progression (x_t beside x̂0) and the guidance-scaling schedules."""
 
 from pathlib import Path
+from types import ModuleType
 
-import matplotlib
+import torch
+import torchvision
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
+from difftune.guidance import SCHEDULES
+from difftune.images import to_unit
 
-from difftune.guidance import SCHEDULES  # noqa: E402
-from difftune.images import to_unit  # noqa: E402
+
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use (it is slow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _grid(x: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -24,6 +31,7 @@ def plot_progression(steps: list[dict], path: str | Path, nrow: int = 4) -> Path
     grids = [(_grid(s["x_t"][:nrow], nrow), _grid(s["x0"][:nrow], nrow)) for s in steps]
     aspect = grids[0][0].shape[0] / grids[0][0].shape[1]
     size = (8, (4 * aspect + 0.4) * len(steps))
+    plt = pyplot()
     fig, axes = plt.subplots(len(steps), 2, figsize=size, squeeze=False)
     for row, step, pair in zip(axes, steps, grids, strict=True):
         for ax, grid, title in ((row[0], pair[0], "x_t"), (row[1], pair[1], "predicted x̂0")):
@@ -40,6 +48,7 @@ def plot_schedules(alphas_cumprod: torch.Tensor, path: str | Path) -> Path:
     """The four guidance-gradient weights w(ᾱ_t) over the training timesteps t."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, weight in SCHEDULES.items():
         ax.plot(weight(alphas_cumprod.float()).numpy(), label=name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -17,7 +18,12 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -78,16 +84,34 @@ def _one_line(err: Exception, override_strings: list[str]) -> str:
     return text.strip().splitlines()[0]
 
 
+def quoting_hint(err: OverrideParseException) -> str:
+    """One line for an override Hydra cannot parse, showing it quoted for Hydra and the shell."""
+    reason = str(err).strip().splitlines()[0]
+    key, sep, value = err.override.partition("=")
+    if not sep:
+        return f"{err.override}: Hydra cannot parse this override ({reason})"
+    inner = "'" if '"' in value and "'" not in value else '"'
+    quoted = shlex.quote(f"{key}={inner}{value}{inner}")
+    return (
+        f"{err.override}: Hydra cannot parse this override ({reason}); quote the value for "
+        f"Hydra and the whole override for the shell: {quoted}"
+    )
+
+
 def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> None:
     """Compose the config for every job of `argv` (sweeps expanded); raise a one-line error."""
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
-    parsed = OverridesParser.create().parse_overrides(args.overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except OverrideParseException as err:
+        raise DifftuneError(quoting_hint(err)) from err
     if not args.multirun and any(o.is_sweep_override() for o in parsed):
         return  # Hydra's own message: a sweep needs -m
     jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0] if parsed else [[]]
     multirun = bool(args.multirun)
+    previous = HydraConfig.instance().cfg  # restored after: the checks leave no Hydra state
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             for overrides in jobs:
@@ -104,3 +128,5 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
         raise DifftuneError(_one_line(err, list(args.overrides))) from None
     except HydraException as err:
         raise DifftuneError(_one_line(err, list(args.overrides))) from None
+    finally:
+        HydraConfig.instance().cfg = previous

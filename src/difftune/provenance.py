@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from difftune.loggers import redact
+from difftune.redaction import redact, redact_text
 
 PACKAGES = ("difftune", "torch", "diffusers", "lightning", "hydra-core", "torchmetrics")
 
@@ -52,7 +52,7 @@ def record_run(cfg: DictConfig, output_dir: Path) -> Path:
     resolved = redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
     OmegaConf.save(OmegaConf.create(resolved), output_dir / "config_resolved.yaml")
     info = {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": shlex.join([Path(sys.executable).name, *map(redact_text, sys.argv)]),
         "cwd": str(Path.cwd()),
         "git": git_state(Path(__file__).resolve().parent),
         "versions": {**package_versions(), "torch": torch.__version__},  # with its +cuXXX tag

@@ -2,14 +2,16 @@
 
 Runs of the same configuration (everything except where it writes, how long it runs and whether
 it resumes) share a key; each run adds its directory to `<resume_dir>/<key>.json` at the start,
-and `resume=true` takes the checkpoint with the most steps among those directories. Finding none
-is an error, never a silent fresh start.
+and `resume=true` takes the checkpoint with the most steps among those directories (and its own
+run dir). Finding none is an error, never a silent fresh start. An index is a cache: one that
+cannot be read is reported, counted as empty and rewritten, never fatal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.errors import DifftuneError
+
+log = logging.getLogger(__name__)
 
 # keys that do not change what is trained: where it goes, for how long, whether it resumes, and
 # what watches it (loggers, grids, checkpoint periods, validation)
@@ -46,11 +50,28 @@ def _index(cfg: DictConfig) -> Path:
     return Path(cfg.resume_dir) / f"{run_key(cfg)}.json"
 
 
+def _runs(index: Path) -> list[str]:
+    """The run dirs an index lists; an unreadable one is reported and lists none."""
+    if not index.is_file():
+        return []
+    try:
+        runs = json.loads(index.read_text())["runs"]
+        if not isinstance(runs, list) or not all(isinstance(run, str) for run in runs):
+            raise TypeError(f"'runs' is a {type(runs).__name__}, not a list of paths")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning(
+            "resume index %s is unreadable (%s: %s); ignored, and rebuilt from this run",
+            index, type(err).__name__, (str(err).splitlines() or [""])[0][:200],
+        )  # fmt: skip
+        return []
+    return runs
+
+
 def register_run(cfg: DictConfig) -> None:
     """Add this run's directory to its configuration's index (atomic rewrite)."""
     index = _index(cfg)
     index.parent.mkdir(parents=True, exist_ok=True)
-    runs = json.loads(index.read_text())["runs"] if index.is_file() else []
+    runs = _runs(index)
     run_dir = str(Path(cfg.paths.output_dir).resolve())
     if run_dir not in runs:
         runs.append(run_dir)
@@ -70,9 +91,9 @@ def _step(ckpt: Path) -> int:
 
 def latest_checkpoint(cfg: DictConfig) -> Path:
     """The readable checkpoint with the most steps among this configuration's runs."""
-    index = _index(cfg)
-    runs = json.loads(index.read_text())["runs"] if index.is_file() else []
-    candidates = [c for run in runs for c in Path(run).glob("checkpoints/*.ckpt")]
+    runs = _runs(_index(cfg))
+    own = str(Path(cfg.paths.output_dir).resolve())
+    candidates = [c for run in {*runs, own} for c in Path(run).glob("checkpoints/*.ckpt")]
     scored = sorted(((_step(c), c.stat().st_mtime, c) for c in candidates), reverse=True)
     if not scored or scored[0][0] < 0:
         raise DifftuneError(

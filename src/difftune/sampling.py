@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ def sample(
     x_t = noise * scheduler.init_noise_sigma
     alpha_prods = alphas_at(scheduler, scheduler.timesteps, noise.device)  # ᾱ_t, t the timestep
     x0_clip = scheduler_x0_clip(scheduler)  # x̂0 clipped as scheduler.step clips it
+    nonfinite = torch.zeros((), dtype=torch.long, device=noise.device)  # steps, no sync
 
     for i, t in enumerate(scheduler.timesteps):
         alpha_prod_t = alpha_prods[i]
@@ -70,6 +72,7 @@ def sample(
                 x_t = x_t.detach().requires_grad_()
             model_input = scheduler.scale_model_input(x_t, t)
             model_output = _unet_output(unet, model_input, t)
+        nonfinite += ~torch.isfinite(model_output.detach()).all()
 
         # 3. guidance on x̂0 as the scheduler clips it: x_t ← x_t − s·w(t)·∇L(x̂0)
         #    and/or ε ← ε + √(1−ᾱ_t)·s·w(t)·∇L(x̂0)
@@ -89,4 +92,8 @@ def sample(
 
     for g in guidances:
         g.end()
+    if nonfinite:  # NaN/inf weights or inputs: the images are not images; say so
+        steps = f"{int(nonfinite)} of {len(scheduler.timesteps)} steps"
+        warnings.warn(f"sample: the model output was not finite at {steps}", RuntimeWarning,
+                      stacklevel=2)  # fmt: skip
     return x_t.detach()

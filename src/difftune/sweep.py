@@ -20,6 +20,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from difftune.redaction import redact_text
+
 METRICS = ("train/loss", "val/loss")
 COLUMNS = ("job", "status", "overrides", *METRICS, "metrics", "wall_s", "path")
 
@@ -44,7 +46,7 @@ def job_row(job: int, job_return: JobReturn, seconds: float, path: str) -> dict[
     return {
         "job": job,
         "status": f"failed: {type(result).__name__}: {error}" if failed else "completed",
-        "overrides": " ".join(job_return.overrides or []),
+        "overrides": " ".join(map(redact_text, job_return.overrides or [])),
         **{m: values.get(m, "") for m in METRICS},
         "metrics": " ".join(f"{k}={v:.4g}" for k, v in sorted(extra.items())),
         "wall_s": round(seconds, 1),

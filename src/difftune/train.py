@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
@@ -15,8 +16,10 @@ from difftune.callbacks import FinalCheckpoint
 from difftune.checkpoint_io import check_checkpoint_matches
 from difftune.config_checks import check_train_config
 from difftune.data import ImageDataModule
+from difftune.disk import reported_writes
 from difftune.ema import ema_unet
 from difftune.errors import DifftuneError
+from difftune.export import reexport_hint
 from difftune.hub import push_to_hub
 from difftune.loggers import check_loggers, log_config
 from difftune.model_card import write_model_card
@@ -24,6 +27,7 @@ from difftune.module import DiffusionFineTuner
 from difftune.pipeline_io import export_pipeline
 from difftune.provenance import record_run
 from difftune.resume import latest_checkpoint, register_run
+from difftune.run_dir import claim_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +39,27 @@ def instantiate_all(cfg: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(node) for node in cfg.values() if node is not None]
 
 
+def check_optimizer(optimizer_cfg: DictConfig) -> None:
+    """Build the optimizer once on a stand-in parameter, so torch checks its arguments now."""
+    stand_in = [torch.nn.Parameter(torch.zeros(1))]
+    hydra.utils.instantiate(optimizer_cfg, params=stand_in, _partial_=False)
+
+
 def build(cfg: DictConfig) -> tuple[ImageDataModule, DiffusionFineTuner, Trainer]:
-    """The data module, the LightningModule and the Trainer of a composed training config."""
-    datamodule = hydra.utils.instantiate(cfg.data)
-    module = hydra.utils.instantiate(cfg.model)
+    """The data module, the LightningModule and the Trainer of a composed training config.
+
+    Built cheapest first, so a value a library rejects is reported before the UNet loads.
+    """
     callbacks: list[Callback] = instantiate_all(cfg.get("callbacks"))
     if cfg.get("ema") is not None:  # before last.ckpt's writer: it saves the step's average too
         final = [i for i, c in enumerate(callbacks) if isinstance(c, FinalCheckpoint)]
         callbacks.insert(final[0] if final else len(callbacks), hydra.utils.instantiate(cfg.ema))
     loggers = instantiate_all(cfg.get("logger"))
-    log_config(loggers, cfg)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_optimizer(cfg.model.optimizer)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = hydra.utils.instantiate(cfg.model)
+    log_config(loggers, cfg)
     return datamodule, module, trainer
 
 
@@ -57,8 +71,13 @@ def dataset_name(data_cfg: DictConfig) -> str:
 
 
 def export(cfg: DictConfig, trainer: Trainer, module: DiffusionFineTuner, metrics: dict) -> Path:
-    """Write `pipeline/` (EMA weights when on) with its model card; then push when asked."""
+    """Write `pipeline/` (EMA weights when on) with its model card; then push when asked.
+
+    The exported UNet's `sample_size` is the training resolution, so the pipeline samples at it.
+    A failed push raises (exit 2, one line with the retry command) after the local export.
+    """
     unet = ema_unet(trainer) or module.unet
+    unet.register_to_config(sample_size=int(cfg.data.image_size))
     path = export_pipeline(unet, module.noise_scheduler, Path(cfg.export_dir))
     grids = sorted((Path(cfg.paths.output_dir) / "samples").glob("step_*.png"))
     write_model_card(
@@ -72,14 +91,12 @@ def export(cfg: DictConfig, trainer: Trainer, module: DiffusionFineTuner, metric
         ema=cfg.ema.decay if cfg.get("ema") else None,
         metrics=metrics,
         sample_grid=grids[-1] if grids else None,
+        image_size=int(cfg.data.image_size),
         repo_id=cfg.hub.repo_id,
     )
     log.info("pipeline saved to %s", path)
     if cfg.push_to_hub:  # only now: a failed upload never costs the local export
-        try:
-            log.info("pushed to %s", push_to_hub(path, cfg.hub.repo_id, private=cfg.hub.private))
-        except DifftuneError as err:
-            log.error("%s", err)
+        log.info("pushed to %s", push_to_hub(path, cfg.hub.repo_id, private=cfg.hub.private))
     return path
 
 
@@ -91,6 +108,12 @@ def effective_batch(batch_size: int, trainer: Trainer) -> int:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune `cfg.model` on `cfg.data`; write checkpoints, samples, curves and `pipeline/`."""
     check_train_config(cfg)
+    with claim_run_dir(cfg):  # writable, and no other run's: checked before anything loads
+        return fit_and_export(cfg)
+
+
+def fit_and_export(cfg: DictConfig) -> dict[str, float]:
+    """The body of `train`, in a claimed run dir: resume, seed, build, fit, export."""
     if cfg.get("resume"):
         with open_dict(cfg):
             cfg.ckpt_path = str(latest_checkpoint(cfg))
@@ -110,7 +133,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         register_run(cfg)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
+        )
     except SIGTERMException:
         raise DifftuneError(
             f"stopped by SIGTERM at step {trainer.global_step}; "
@@ -132,7 +157,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"{Path(cfg.paths.output_dir) / 'checkpoints'}"
         )
     if cfg.get("export_dir") and trainer.is_global_zero:
-        export(cfg, trainer, module, metrics)
+        last = next((c.path for c in trainer.callbacks if isinstance(c, FinalCheckpoint)), None)
+        out = cfg.export_dir
+        with reported_writes(out, "the pipeline", then=reexport_hint(last, out)):
+            export(cfg, trainer, module, metrics)
     return metrics
 
 

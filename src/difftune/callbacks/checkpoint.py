@@ -37,7 +37,7 @@ class FinalCheckpoint(Callback):
             self._save(trainer)
 
     def _save(self, trainer: Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume
         self._saved_step = trainer.global_step
 
     def on_exception(

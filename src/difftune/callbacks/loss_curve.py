@@ -4,12 +4,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
-from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
+from difftune.plotting import pyplot
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:
@@ -25,6 +23,8 @@ class LossCurve(Callback):
     """Collects `train/loss` and `val/loss` and redraws the picture every N steps and at the end."""
 
     def __init__(self, path: str, every_n_steps: int = 100, smoothing: float = 0.9) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"callbacks.loss_curve.every_n_steps={every_n_steps} must be >= 1")
         self.path = Path(path)
         self.every_n_steps = every_n_steps
         self.smoothing = smoothing
@@ -56,6 +56,7 @@ class LossCurve(Callback):
     def draw(self) -> None:
         """Write the figure (train raw + smoothed, val points) to `path`."""
         start = time.perf_counter()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(8, 4.5))
         if self.train:
             steps, losses = zip(*self.train, strict=True)

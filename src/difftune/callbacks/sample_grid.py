@@ -1,5 +1,6 @@
 """Sample grids from a fixed noise every N optimizer steps, so grids compare across steps."""
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -9,17 +10,23 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from difftune.callbacks.fixed_noise import sample_fixed_noise
+from difftune.callbacks.grid_budget import plan_grids
 from difftune.ema import ema_unet
 from difftune.guidance import Guidance
 from difftune.images import save_grid, save_panels
 from difftune.plotting import plot_progression
+
+log = logging.getLogger(__name__)
+KEY = "callbacks.sample_grid"
 
 
 class SampleGrid(Callback):
     """Writes `samples/step_000200.png` from a fixed noise, and `progression.png` at the end.
 
     One panel per model and guidance: the EMA weights when EMA is on (the raw weights beside
-    them), each unguided and, when `guidance` is given, guided from the same noise.
+    them), each unguided and, when `guidance` is given, guided from the same noise. When the grids
+    would take more than `max_cost_ratio` times the UNet work of the training (a short run), they
+    get fewer steps and images, with one warning (`grid_budget`); None keeps them as configured.
     """
 
     def __init__(
@@ -32,6 +39,7 @@ class SampleGrid(Callback):
         seed: int = 0,
         guidance: Guidance | None = None,
         progression_path: str | None = None,
+        max_cost_ratio: float | None = 0.5,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"callbacks.sample_grid.every_n_steps={every_n_steps} must be >= 1")
@@ -43,6 +51,7 @@ class SampleGrid(Callback):
         self.seed = seed
         self.guidance = guidance
         self.progression_path = Path(progression_path) if progression_path else None
+        self.max_cost_ratio = max_cost_ratio
         self.written: list[Path] = []
         self.seconds = 0.0  # wall time spent here, reported against the whole fit
         self._last_step = -1
@@ -56,11 +65,43 @@ class SampleGrid(Callback):
             self.num_inference_steps, self.image_size, guidance, callback,
         )  # fmt: skip
 
+    def _panels(self, trainer: Trainer) -> int:
+        return (2 if ema_unet(trainer) else 1) * (2 if self.guidance is not None else 1)
+
+    def fit_to_budget(self, trainer: Trainer) -> None:
+        """Fewer images/steps when the grids left would outweigh the training left; warn once."""
+        steps_left = trainer.estimated_stepping_batches - trainer.global_step
+        batch = getattr(trainer.datamodule, "batch_size", None) or 1
+        plan = plan_grids(
+            self.num_images, self.num_inference_steps,
+            num_grids=2 + int(min(steps_left, 1e9) // self.every_n_steps),
+            panels=self._panels(trainer),
+            train_images=steps_left * batch * trainer.accumulate_grad_batches,
+            max_ratio=self.max_cost_ratio,
+        )  # fmt: skip
+        if not plan.reduced(self.num_images, self.num_inference_steps):
+            return
+        log.warning(
+            "sample grids of %d images × %d steps would take %.1fx the UNet work of the %d "
+            "training steps left: using %d images × %d steps (set %s.num_images, "
+            "%s.num_inference_steps, %s.every_n_steps, or %s.max_cost_ratio=null to keep them)",
+            self.num_images, self.num_inference_steps, plan.ratio, steps_left, plan.num_images,
+            plan.num_inference_steps, KEY, KEY, KEY, KEY,
+        )  # fmt: skip
+        self.num_images, self.num_inference_steps = plan.num_images, plan.num_inference_steps
+
     @rank_zero_only
     def write(self, trainer: Trainer, pl_module: LightningModule) -> Any:
         """Sample the fixed noise with the current weights and save the panels for this step."""
         start = time.perf_counter()
         averaged, raw = ema_unet(trainer), pl_module.unet
+        size = self.image_size or getattr(trainer.datamodule, "image_size", None)
+        count = self._panels(trainer)
+        what = (
+            f"{self.num_images} images × {self.num_inference_steps} steps at "
+            f"{size or raw.config.sample_size} px" + (f", {count} panels" if count > 1 else "")
+        )
+        log.info("step %d: sampling a grid of %s", trainer.global_step, what)
         panels = []
         for name, unet in [("EMA", averaged), ("raw", raw)] if averaged else [("", raw)]:
             panels.append(
@@ -79,7 +120,10 @@ class SampleGrid(Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image("samples", [str(path)], step=trainer.global_step)
-        self.seconds += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.seconds += seconds
+        log.info("step %d: grid written (%s) to %s in %.1f s", trainer.global_step, what, path,
+                 seconds)  # fmt: skip
         return path
 
     @rank_zero_only
@@ -95,6 +139,8 @@ class SampleGrid(Callback):
         self.seconds += time.perf_counter() - start
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.fit_to_budget(trainer)
         self.write(trainer, pl_module)
 
     def on_train_batch_end(

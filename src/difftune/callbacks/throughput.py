@@ -25,6 +25,8 @@ class Throughput(Callback):
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"callbacks.throughput.every_n_steps={every_n_steps} must be >= 1")
         self.every_n_steps = every_n_steps
         self._images = 0
         self._start: float | None = None

@@ -1,7 +1,8 @@
 """Project-side image decoding: any file or bytes to an RGB training tensor, or a skip marker.
 
 `datasets` cannot skip a corrupt image, so the image column is read undecoded and decoded here.
-Alpha is composited on white; 16-bit greyscale is rescaled to 8 bit; EXIF orientation is applied.
+Alpha is composited on white; EXIF orientation is applied; float and 16/32-bit greyscale map to
+[0, 1] by their real range (`high_depth_range`), and non-finite pixels skip the image.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
+class NonFinitePixelsError(ValueError):
+    """A float image holds NaN or inf pixels: there is no right way to show it."""
+
+
 @dataclass(frozen=True)
 class Skipped:
     """Marker returned instead of a tensor for an image that could not be decoded."""
@@ -39,6 +44,8 @@ def skip_reason(exc: BaseException) -> str:
     """A short reason (for batch["skipped"]) describing why decoding raised `exc`."""
     if isinstance(exc, Image.DecompressionBombError):
         return "decompression bomb"
+    if isinstance(exc, NonFinitePixelsError):
+        return "non-finite pixels"
     if isinstance(exc, UnidentifiedImageError):
         return "unreadable"
     if isinstance(exc, FileNotFoundError):
@@ -57,16 +64,28 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+def high_depth_range(mode: str, arr: np.ndarray) -> tuple[float, float]:
+    """The values that mean black and white: the type's range, widened to the data's own.
+
+    Float is [0, 1]; 16-bit is [0, 65535]; 32-bit int is 8- or 16-bit data by its maximum. An image
+    whose values go beyond (HDR floats, negative values) is scaled by its own minimum and maximum.
+    """
+    if mode == "F":
+        black, white = 0.0, 1.0
+    elif mode in _SIXTEEN_BIT_MODES or arr.max() > 255:
+        black, white = 0.0, 65535.0
+    else:
+        black, white = 0.0, 255.0
+    return min(black, float(arr.min())), max(white, float(arr.max()))
+
+
 def _high_depth_to_l(img: Image.Image) -> Image.Image:
-    """Rescale a 16-bit, 32-bit int or float greyscale image to 8-bit "L" (scaled, not clipped)."""
-    arr = np.asarray(img).astype(np.float64)
-    if img.mode in _SIXTEEN_BIT_MODES:
-        arr = arr / 257.0
-    elif img.mode == "F":
-        arr = arr * 255.0 if arr.size and arr.max() <= 1.0 else arr
-    elif arr.size and arr.max() > 255:  # mode "I": treat as 16-bit data, else already 8-bit range
-        arr = arr / 257.0 if arr.max() <= 65535 else arr * (255.0 / arr.max())
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    """A float, 16-bit or 32-bit int greyscale image as 8-bit "L", by `high_depth_range`."""
+    arr = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise NonFinitePixelsError(f"{int((~np.isfinite(arr)).sum())} NaN/inf pixels")
+    black, white = high_depth_range(img.mode, arr)
+    return Image.fromarray(np.rint((arr - black) * (255.0 / (white - black))).astype(np.uint8), "L")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -106,16 +125,21 @@ def resize_crop(
     random_crop: bool = False,
     generator: torch.Generator | None = None,
 ) -> Image.Image:
-    """Resize the shorter side to `size` and crop a centre or random square, in one resample."""
+    """Crop the largest centre (or random) square and resize it to `size`, in one resample.
+
+    The crop box is whole source pixels, computed once, so it always lies inside the image.
+    """
     w, h = img.size
-    scale = size / min(w, h)
-    crop_w, crop_h = size / scale, size / scale  # the crop window in source pixels
+    side = min(w, h)
     if random_crop:
         u = torch.rand(2, generator=generator).tolist()
-        left, top = u[0] * (w - crop_w), u[1] * (h - crop_h)
+        left, top = (
+            min(int(u[0] * (w - side + 1)), w - side),
+            min(int(u[1] * (h - side + 1)), h - side),
+        )
     else:
-        left, top = (w - crop_w) / 2, (h - crop_h) / 2
-    box = (left, top, left + crop_w, top + crop_h)
+        left, top = (w - side) // 2, (h - side) // 2
+    box = (left, top, left + side, top + side)
     return img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
@@ -174,12 +198,15 @@ class DecodedImageDataset(torch.utils.data.Dataset):
 
 
 def collate(items: Sequence[torch.Tensor | Skipped], image_size: int) -> dict:
-    """Stack the decoded images; list the reasons of the skipped ones: {"images", "skipped"}."""
+    """Stack the decoded images; list the skipped ones' reasons and files:
+    {"images", "skipped", "skipped_files"}."""
     images = [item for item in items if isinstance(item, torch.Tensor)]
-    skipped = [item.reason for item in items if isinstance(item, Skipped)]
-    if images:
-        return {"images": torch.stack(images), "skipped": skipped}
-    return {"images": torch.empty(0, 3, image_size, image_size), "skipped": skipped}
+    skipped = [item for item in items if isinstance(item, Skipped)]
+    return {
+        "images": torch.stack(images) if images else torch.empty(0, 3, image_size, image_size),
+        "skipped": [item.reason for item in skipped],
+        "skipped_files": [item.source for item in skipped],
+    }
 
 
 def make_collate(image_size: int) -> partial:

@@ -8,7 +8,6 @@ import warnings
 from collections.abc import Sequence
 from urllib.parse import urlparse
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -54,6 +53,8 @@ def _cached_weights(tag_cfg: dict) -> str | None:
 
 def load_clip(model_name: str, pretrained: str | None, device: str | torch.device = "cpu"):
     """An open_clip model, eval mode, frozen; fails fast and says what to do offline."""
+    import open_clip  # here: it takes a second or two to import, and only CLIP guidance needs it
+
     if pretrained is None:
         warnings.warn(
             f"ClipLoss: open_clip {model_name} with pretrained=None has RANDOM weights; "
@@ -68,7 +69,7 @@ def load_clip(model_name: str, pretrained: str | None, device: str | torch.devic
         tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
         if not tag_cfg:
             raise GuidanceError(
-                f"ClipLoss pretrained={pretrained!r}: neither an open_clip tag of {model_name} "
+                f"guidance.pretrained={pretrained!r}: neither an open_clip tag of {model_name} "
                 f"({', '.join(open_clip.list_pretrained_tags_by_model(model_name))}) nor a file"
             )
         cached = _cached_weights(tag_cfg)
@@ -77,7 +78,8 @@ def load_clip(model_name: str, pretrained: str | None, device: str | torch.devic
             raise GuidanceError(
                 f"ClipLoss: open_clip weights {model_name}/{pretrained!r} are not cached and the "
                 f"hub is unreachable; download them (hf.co/{hub}) and pass "
-                "pretrained='/path/to/open_clip_pytorch_model.bin'"
+                "guidance.pretrained=/path/to/open_clip_pytorch_model.bin (Python: "
+                "ClipLoss(pretrained=...))"
             )
         quick_gelu = bool(tag_cfg.get("quick_gelu", False))
         kwargs = {"pretrained": cached or pretrained, "force_quick_gelu": quick_gelu}
@@ -86,7 +88,7 @@ def load_clip(model_name: str, pretrained: str | None, device: str | torch.devic
     except RuntimeError as err:
         raise GuidanceError(
             f"ClipLoss: could not load open_clip {model_name} ({err}); offline, pass "
-            "pretrained='/path/to/open_clip_pytorch_model.bin'"
+            "guidance.pretrained=/path/to/open_clip_pytorch_model.bin"
         ) from err
     return model.eval().requires_grad_(False)
 
@@ -156,6 +158,8 @@ class ClipLoss:
         if self.device is None and self._param.device != device:
             self.model.to(device)
         if self._text_features is None or self._text_features.device != self._param.device:
+            import open_clip
+
             tokens = open_clip.get_tokenizer(self.model_name)(self.prompts).to(self._param.device)
             with torch.no_grad():
                 self._text_features = self.model.encode_text(tokens).float()

@@ -1,0 +1,110 @@
+"""A value that a library rejected while Hydra built an object from the config, as one line.
+
+Hydra wraps whatever a constructor raises in an `InstantiationException` whose message ends with
+`full_key: <node>`. When the constructor's own error is a `ValueError`, `TypeError` or Lightning's
+`MisconfigurationException` (the library checked an argument), `config_error` names the key inside
+that node which the reason is about, its value, and keeps the library's reason:
+`trainer.max_steps=-5: `max_steps` must be a non-negative integer or -1 ...`.
+Anything else raised while building (our bugs) keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from difftune.errors import DifftuneError
+
+LIGHTNING_ERRORS = "lightning.fabric.utilities.exceptions"  # looked up, not imported: it is slow
+INTERPOLATION = re.compile(r"^\$\{(\w[\w.]*)\}$")
+
+
+def _chain(err: BaseException | None) -> Iterable[BaseException]:
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def library_errors() -> tuple[type[BaseException], ...]:
+    """The exception types with which a library rejects an argument."""
+    lightning = sys.modules.get(LIGHTNING_ERRORS)
+    return (ValueError, TypeError) + ((lightning.MisconfigurationException,) if lightning else ())
+
+
+def show(value: Any) -> str:
+    """A config value as the command line writes it (`[red, 0, 0]`, `abc`, `-5`)."""
+    if isinstance(value, ListConfig | list | tuple):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    return str(value)
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, ListConfig | list | tuple):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [value]
+
+
+def _mentions(reason: str, value: Any) -> bool:
+    """Whether the library's reason quotes `value` (a string in quotes, or a number)."""
+    if isinstance(value, str):
+        return f"'{value}'" in reason or f'"{value}"' in reason
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", reason) is not None
+    return False
+
+
+def _user_key(node: DictConfig, full_key: str, sub: str) -> str:
+    """The key a user sets for `node[sub]`: the interpolation's source, else the node's own key."""
+    raw = OmegaConf.to_container(node, resolve=False).get(sub)
+    source = INTERPOLATION.match(raw) if isinstance(raw, str) else None
+    return source.group(1) if source else f"{full_key}.{sub}".lstrip(".")
+
+
+def _culprit(node: DictConfig, full_key: str, reason: str, overrides: Sequence[str]) -> str | None:
+    """The key of `node` the reason is about: named in it, set on the command line, or quoted."""
+    subs = [
+        k for k in node
+        if isinstance(k, str) and not k.startswith("_")
+        and not isinstance(node._get_node(k), DictConfig)
+    ]  # fmt: skip
+    named = [k for k in subs if re.search(rf"(?<!\w){re.escape(k)}(?!\w)", reason)]
+    if named:
+        return max(named, key=len)
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    for k in subs:
+        if _user_key(node, full_key, k) in given:
+            return k
+    for k in subs:
+        try:
+            if any(_mentions(reason, leaf) for leaf in _leaves(node[k])):
+                return k
+        except Exception:  # an unresolvable sibling is not the culprit
+            continue
+    return None
+
+
+def config_error(
+    err: BaseException, cfg: DictConfig | None, overrides: Sequence[str] = ()
+) -> DifftuneError | None:
+    """One line for a library's rejection of a config value during instantiation, else None."""
+    wrapper = next((e for e in _chain(err) if isinstance(e, InstantiationException)), None)
+    library_error = wrapper is not None and isinstance(wrapper.__cause__, library_errors())
+    if not library_error or not isinstance(cfg, DictConfig):
+        return None
+    found = re.search(r"full_key: (\S+)\s*$", str(wrapper))
+    full_key = found.group(1) if found else ""
+    cause = wrapper.__cause__
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    node = OmegaConf.select(cfg, full_key, throw_on_missing=False) if full_key else None
+    sub = _culprit(node, full_key, reason, overrides) if isinstance(node, DictConfig) else None
+    if sub is None:
+        return DifftuneError(f"{full_key or 'config'}: {reason}")
+    key = _user_key(node, full_key, sub)
+    if reason.startswith(f"{key}="):  # our own constructors name the key already
+        return DifftuneError(reason)
+    return DifftuneError(f"{key}={show(node[sub])}: {reason}")

@@ -1,0 +1,47 @@
+"""Silence third-party messages that are not the user's business, each by its module and text.
+
+Only the messages listed here are dropped; every other warning and log line still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# (message regex, category, module regex) of `warnings.filterwarnings`
+WARNINGS: list[tuple[str, type[Warning], str]] = [
+    # Lightning's own pytree helper on torch >= 2.10; nothing a user can change
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\."),
+    # the run dir always holds .hydra/ and train.log when the CSV logger starts
+    (r"Experiment logs directory .* exists and is not empty", UserWarning, r"lightning\."),
+]
+
+# logger name: message prefixes dropped from it
+LOG_MESSAGES: dict[str, tuple[str, ...]] = {
+    # advertising tips (litlogger, litmodels)
+    "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
+    "lightning.fabric.utilities.rank_zero": ("💡 Tip:",),
+    # said on save by Lightning's own SLURM checkpoint (difftune's saves pass weights_only)
+    "lightning.pytorch.trainer.connectors.checkpoint_connector": ("`weights_only` was not set",),
+}
+
+
+class _DropPrefixes(logging.Filter):
+    """Drops the records whose message starts with one of `prefixes`."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def silence_third_party() -> None:
+    """Install the filters above (idempotent); the entry points call it first."""
+    for message, category, module in WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name, prefixes in LOG_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropPrefixes) for f in logger.filters):
+            logger.addFilter(_DropPrefixes(prefixes))

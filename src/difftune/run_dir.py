@@ -1,0 +1,110 @@
+"""Claiming a run directory: writable, held by one run at a time, never another run's work.
+
+A run holds an exclusive `flock` on `<run dir>/.difftune.lock` while it trains; the kernel drops
+it when the process ends, however it ends, so a killed run never leaves its dir stuck. Under DDP
+only rank 0 checks and claims: the other ranks write nothing of their own there.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig
+
+from difftune.disk import check_writable
+from difftune.errors import DifftuneError
+
+log = logging.getLogger(__name__)
+LOCK = ".difftune.lock"
+NO_FLOCK = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # e.g. Lustre w/o flock
+
+
+@contextmanager
+def claim_run_dir(cfg: DictConfig) -> Iterator[None]:
+    """Check where the run writes, then hold its run dir until the block ends (rank 0 only)."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    run_dir = Path(cfg.paths.output_dir)
+    check_writable("paths.output_dir", run_dir, run_dir)
+    if cfg.get("export_dir"):
+        check_export_dir(Path(cfg.export_dir))
+    with _locked(run_dir):
+        _refuse_reuse(cfg, run_dir)
+        yield
+
+
+def check_export_dir(export_dir: Path) -> None:
+    """The export goes where symlinks can be made, and replaces a pipeline or nothing."""
+    check_writable("export_dir", export_dir, export_dir.parent, links=True)
+    if export_dir.exists() and not export_dir.is_dir():
+        raise DifftuneError(
+            f"export_dir={export_dir}: {export_dir} is a file, not a directory; pass a new path"
+        )
+    entries = sorted(p.name for p in export_dir.iterdir()) if export_dir.is_dir() else []
+    if entries and "model_index.json" not in entries:
+        raise DifftuneError(
+            f"export_dir={export_dir}: a directory that is not a pipeline ({len(entries)} "
+            f"entries, e.g. {entries[0]}), which the export would replace; pass a new directory"
+        )
+
+
+@contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise DifftuneError(
+                f"paths.output_dir={run_dir}: in use by a run that is still going ({holder}); "
+                "write to another dir (hydra.run.dir=...) or wait until it ends"
+            ) from None
+        except OSError as err:
+            if err.errno not in NO_FLOCK:
+                raise
+            log.warning("%s cannot be locked (%s): nothing stops a second run", run_dir, err)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield  # closing the file drops the lock
+
+
+def _refuse_reuse(cfg: DictConfig, run_dir: Path) -> None:
+    """A dir holding checkpoints or this run's export is only for the run that continues them."""
+    root = run_dir.resolve()
+    found = [p.relative_to(run_dir) for p in run_dir.glob("**/*.ckpt")]
+    work = sorted(str(p) for p in found if not p.parts[0].startswith("."))
+    if cfg.get("export_dir"):
+        export_dir = Path(cfg.export_dir).parent.resolve() / Path(cfg.export_dir).name
+        if export_dir.is_relative_to(root) and (export_dir / "model_index.json").is_file():
+            work.append(str(export_dir.relative_to(root)))
+    if not work or _continues(cfg, run_dir):
+        return
+    shown = ", ".join(work[:3]) + (", ..." if len(work) > 3 else "")
+    raise DifftuneError(
+        f"paths.output_dir={run_dir} already holds a run's work ({shown}); continue "
+        "that run with resume=true (or ckpt_path=<one of its checkpoints>), or write to a new dir "
+        "(hydra.run.dir=...)"
+    )
+
+
+def _continues(cfg: DictConfig, run_dir: Path) -> bool:
+    """resume=true, a ckpt_path inside the run dir, or a SLURM requeue that Lightning resumes."""
+    if cfg.get("resume"):
+        return True
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and Path(ckpt).resolve().is_relative_to(run_dir.resolve()):
+        return True
+    return SLURMEnvironment.detect() and any(run_dir.glob("hpc_ckpt_*.ckpt"))

@@ -1,0 +1,110 @@
+"""What a newcomer sees: a progress line in log files, grid cost, no third-party noise, start-up."""
+
+import logging
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from omegaconf import open_dict
+from test_train import ROOT, compose_train, shrink
+
+from difftune.callbacks.grid_budget import plan_grids
+from difftune.train import train
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+PROGRESS = re.compile(r"step (\d+)/8 loss \d+\.\d+ \d+\.\d img/s eta \d+:\d\d:\d\d$", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory) -> tuple[str, str]:
+    """`train.py` with stdout and stderr sent to files, as under SLURM or `make train > log`."""
+    tmp = tmp_path_factory.mktemp("logged")
+    with open(tmp / "stdout", "w") as out, open(tmp / "stderr", "w") as err:
+        result = subprocess.run(
+            [sys.executable, "train.py", "trainer.max_steps=8",
+             "callbacks.progress.every_n_steps=4", "data.num_images=48", "data.batch_size=4",
+             "data.val_size=8", "data.image_size=16",
+             "callbacks.sample_grid.num_images=2", "callbacks.sample_grid.num_inference_steps=2",
+             f"hydra.run.dir={tmp / 'run'}", f"resume_dir={tmp}/resume_index"],
+            cwd=ROOT, env=ENV, stdout=out, stderr=err,
+        )  # fmt: skip
+    stdout, stderr = (tmp / "stdout").read_text(), (tmp / "stderr").read_text()
+    assert result.returncode == 0, stderr[-3000:]
+    return stdout, stderr
+
+
+@pytest.mark.slow
+def test_a_log_file_gets_a_plain_progress_line_every_n_steps(logged_run):
+    stdout, stderr = logged_run
+    assert [int(step) for step in PROGRESS.findall(stdout)] == [4, 8], stdout
+    assert "/-2" not in stdout + stderr and "it/s" not in stdout + stderr  # the rich bar's
+
+
+@pytest.mark.slow
+def test_a_run_prints_no_third_party_noise(logged_run):
+    stdout, stderr = logged_run
+    for noise in ("Tip:", "litlogger", "exists and is not empty", "LeafSpec", "weights_only"):
+        assert noise not in stdout + stderr, (noise, stderr)
+
+
+def test_the_grid_budget_rule():
+    # the issue's smoke run: 2 steps of batch 8 x 2, grids of 16 images x 40 steps at start and end
+    plan = plan_grids(16, 40, num_grids=2, panels=1, train_images=2 * 16, max_ratio=0.5)
+    assert (plan.num_images, plan.num_inference_steps) == (4, 10)
+    assert plan.ratio == pytest.approx(2 * 16 * 40 / (3 * 32))
+    # the default run (300 steps of 16, a grid every 100): left as configured
+    plan = plan_grids(16, 40, num_grids=5, panels=1, train_images=300 * 16, max_ratio=0.5)
+    assert (plan.num_images, plan.num_inference_steps) == (16, 40)
+    # switched off
+    plan = plan_grids(16, 40, num_grids=2, panels=1, train_images=32, max_ratio=None)
+    assert (plan.num_images, plan.num_inference_steps) == (16, 40)
+
+
+def test_the_grid_logs_its_size_and_seconds_and_a_short_run_gets_a_cheaper_grid(tmp_path, caplog):
+    cfg = shrink(compose_train(output_dir=tmp_path), steps=2)
+    with open_dict(cfg):
+        cfg.callbacks.sample_grid.update(num_images=16, num_inference_steps=40)
+    with caplog.at_level(logging.INFO, logger="difftune.callbacks.sample_grid"):
+        train(cfg)
+    records = [r for r in caplog.records if r.name == "difftune.callbacks.sample_grid"]
+    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    for key in ("num_images", "num_inference_steps", "every_n_steps", "max_cost_ratio=null"):
+        assert f"callbacks.sample_grid.{key}" in warned[0], warned[0]
+    done = [r.getMessage() for r in records if "written" in r.getMessage()]
+    assert len(done) == 2, done  # step 0 and step 2
+    for line in done:
+        assert re.search(r"4 images × 10 steps at 32 px.* in \d+\.\d s$", line), line
+
+
+def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
+    code = (
+        "import sys, difftune.train, difftune.generate; "
+        "print(' '.join(m for m in ('open_clip', 'timm', 'wandb') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.split() == [], result.stdout + result.stderr
+    code = (  # sampling needs neither Lightning nor torchmetrics nor pyplot
+        "import sys, difftune.generate; "
+        "print(' '.join(m for m in ('lightning', 'torchmetrics', 'matplotlib.pyplot') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.split() == [], result.stdout + result.stderr
+
+
+def test_train_py_help_does_not_load_the_training_stack():
+    code = (
+        "import runpy, sys; sys.argv = ['train.py', '--help']\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('LOADED', ' '.join(m for m in ('difftune.train', 'diffusers', 'open_clip') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
+    assert "Powered by Hydra" in result.stdout  # it did print the help
+    assert result.stdout.strip().splitlines()[-1] == "LOADED", result.stdout[-500:]

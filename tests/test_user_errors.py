@@ -1,0 +1,120 @@
+"""A bad value is one `error:` line naming the key and the value, exit 2, before a model loads."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_generate import compose_sample
+from test_train import ROOT, compose_train
+
+import difftune.generate as generate_module
+from difftune import pipeline_io
+from difftune.cli import exit_on_user_error
+from difftune.generate import generate
+from difftune.train import train
+
+
+def no_model_load(*args, **kwargs):
+    raise AssertionError("a UNet was loaded before the config was checked")
+
+
+def one_line_exit_2(entry, cfg, capsys) -> str:
+    """Run `entry(cfg)` behind the entry points' boundary; return its one `error:` line."""
+    with pytest.raises(SystemExit) as stop:
+        exit_on_user_error(entry)(cfg)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, key_value",
+    [
+        ("trainer.max_steps=-5", "trainer.max_steps=-5"),
+        ("trainer.precision=fp17", "trainer.precision=fp17"),
+        ("trainer.max_time=00:01:xx:00", "trainer.max_time=00:01:xx:00"),
+        ("callbacks.model_checkpoint.every_n_train_steps=-3",
+         "callbacks.model_checkpoint.every_n_train_steps=-3"),
+        ("callbacks.sample_grid.every_n_steps=0", "callbacks.sample_grid.every_n_steps=0"),
+        ("callbacks.loss_curve.every_n_steps=0", "callbacks.loss_curve.every_n_steps=0"),
+        ("ema=default ema.decay=1.5", "ema.decay=1.5"),
+        ("guidance=color guidance.target_rgb=[red,0,0]", "guidance.target_rgb=[red, 0, 0]"),
+        ("guidance=clip guidance.n_cuts=four", "guidance.n_cuts=four"),
+        ("model.optimizer.weight_decay=-0.1", "model.optimizer.weight_decay=-0.1"),
+        ("model.optimizer.lr=inf", "model.optimizer.lr=inf"),
+        ("seed=4294967296", "seed=4294967296"),
+        ("trainer.max_steps=0", "trainer.max_steps=0"),
+    ],
+)  # fmt: skip
+def test_train_rejects_a_bad_value_in_one_line_before_the_unet_loads(
+    overrides, key_value, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(pipeline_io, "load_unet", no_model_load)
+    cfg = compose_train(*overrides.split(" "), output_dir=tmp_path)
+    line = one_line_exit_2(train, cfg, capsys)
+    assert line.startswith(f"error: {key_value}"), line
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override, key_value",
+    [
+        ("seed=abc", "seed=abc"),
+        ("num_inference_steps=2000", "num_inference_steps=2000"),
+        ("guidance=color guidance.target_rgb=[0.1,x,0]", "guidance.target_rgb=[0.1, x, 0]"),
+        pytest.param("device=cuda", "device=cuda", marks=pytest.mark.skipif(
+            torch.cuda.is_available(), reason="needs a machine without a GPU")),
+    ],
+)  # fmt: skip
+def test_sample_rejects_a_bad_value_in_one_line_before_the_unet_loads(
+    override, key_value, tiny_pipeline_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(generate_module, "load_unet", no_model_load)
+    cfg = compose_sample(f"pretrained={tiny_pipeline_dir}", *override.split(" "),
+                         output_dir=tmp_path)  # fmt: skip
+    line = one_line_exit_2(generate, cfg, capsys)
+    assert line.startswith(f"error: {key_value}"), line
+    assert not (tmp_path / "grid.png").exists()
+
+
+def run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "HYDRA_FULL_ERROR")}
+    return subprocess.run(
+        [sys.executable, script, *args], cwd=ROOT, env={**environ, "OMP_NUM_THREADS": "1", **env},
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert all(text in lines[0] for text in expected), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "override, quoted",
+    [
+        ("data.data_dir=/data/with spaces (1)", "'data.data_dir=\"/data/with spaces (1)\"'"),
+        ("model.optimizer.betas=[0.9,0.99", "'model.optimizer.betas=\"[0.9,0.99\"'"),
+    ],
+)
+def test_an_unparsable_override_is_one_line_that_shows_the_quoting(override, quoted, tmp_path):
+    result = run("train.py", override, f"hydra.run.dir={tmp_path}")
+    assert_one_error_line(result, override, quoted)
+
+
+def test_from_the_command_line_a_library_rejection_names_the_override(tmp_path):
+    result = run("train.py", "trainer.max_time=abc", f"hydra.run.dir={tmp_path}")
+    assert_one_error_line(result, "error: trainer.max_time=abc: ", "DD:HH:MM:SS")
+
+
+def test_debug_shows_the_full_traceback_instead_of_the_line(tmp_path):
+    assert_one_error_line(run("sample.py", "seed=abc", f"hydra.run.dir={tmp_path}"), "seed=abc")
+    result = run("sample.py", "seed=abc", f"hydra.run.dir={tmp_path}", DEBUG="1")
+    assert result.returncode != 0 and "Traceback" in result.stderr
