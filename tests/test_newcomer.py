@@ -45,6 +45,8 @@ def test_a_log_file_gets_a_plain_progress_line_every_n_steps(logged_run):
 @pytest.mark.slow
 def test_a_run_prints_no_third_party_noise(logged_run):
     stdout, stderr = logged_run
+    # Lightning's own lines once (through Hydra's console and train.log), not again on stderr
+    assert (stdout + stderr).count("Seed set to 0") == 1, stderr
     for noise in ("Tip:", "litlogger", "exists and is not empty", "LeafSpec", "weights_only"):
         assert noise not in stdout + stderr, (noise, stderr)
 

@@ -403,3 +403,35 @@ def test_an_export_over_a_plain_pipeline_dir_replaces_it(tmp_path, tiny_pipeline
     pipeline_io.export_pipeline(make_tiny_unet(seed=3), DDPMScheduler(), out)
     assert torch.equal(conv_in(out), make_tiny_unet(seed=3).conv_in.weight)
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(["pipe", out.readlink().name])
+
+
+def test_a_full_disk_while_writing_a_sample_grid_is_one_line_at_the_boundary(
+    tmp_path, monkeypatch, capsys
+):
+    """Grids, curves and logs are written by many hands: the entry point's boundary maps a full
+    or read-only disk behind any of them to one line; the checkpoints written so far stay."""
+    import difftune.callbacks.sample_grid as sample_grid
+    from difftune.cli import exit_on_user_error
+
+    grid = tmp_path / "run" / "samples" / "step_000002.png"
+
+    def full_disk(x, path, *args, **kwargs):
+        if Path(path).name == grid.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return grid.parent  # the step-0 grid "is written"
+
+    monkeypatch.setattr(sample_grid, "save_grid", full_disk)
+    monkeypatch.setattr(sample_grid, "save_panels", full_disk)
+    cfg = quick(tmp_path / "run", steps=4)
+    with open_dict(cfg):
+        cfg.callbacks.sample_grid.every_n_steps = 2
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 2
+    with pytest.raises(SystemExit) as stop:
+        exit_on_user_error(train)(cfg)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.match(rf"error: cannot write {grid} \(No space left on device; {FREE}\)", lines[0])
+    assert lines[0].endswith("free space, then run the same command with resume=true")
+    assert step_of(tmp_path / "run" / "checkpoints" / "last.ckpt") >= 2  # kept, resumable

@@ -109,6 +109,16 @@ def test_an_unparsable_override_is_one_line_that_shows_the_quoting(override, quo
     assert_one_error_line(result, override, quoted)
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, multirun):
+    (tmp_path / "notes.txt").write_text("mine")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    args = ["-m"] if multirun else []
+    result = run("train.py", *args, f"{key}={tmp_path}/notes.txt/run")
+    assert_one_error_line(result, f"error: {key}={tmp_path}/notes.txt/run: ", "is a file")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_from_the_command_line_a_library_rejection_names_the_override(tmp_path):
     result = run("train.py", "trainer.max_time=abc", f"hydra.run.dir={tmp_path}")
     assert_one_error_line(result, "error: trainer.max_time=abc: ", "DD:HH:MM:SS")

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from difftune.build_errors import config_error
+from difftune.disk import disk_error
 from difftune.errors import DifftuneError
 from difftune.preflight import check_command_line
 
@@ -44,9 +45,10 @@ def in_multirun() -> bool:
 def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Hydra task function so user errors end the process with one line and exit 2.
 
-    User errors are `DifftuneError`s and the values a library rejected while an object was built
-    from the config (`config_error`). In a multirun the error fails only its job: Hydra records
-    it and runs the others. `DEBUG=1` or `HYDRA_FULL_ERROR=1` re-raises them with the traceback.
+    User errors are `DifftuneError`s, the values a library rejected while an object was built
+    from the config (`config_error`), and a full or read-only disk (`disk_error`). In a multirun
+    the error fails only its job: Hydra records it and runs the others. `DEBUG=1` or
+    `HYDRA_FULL_ERROR=1` re-raises them with the traceback.
     """
 
     @functools.wraps(fn)
@@ -55,7 +57,11 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            cause = user_error(err) or config_error(err, given, task_overrides())
+            cause = (
+                user_error(err)
+                or config_error(err, given, task_overrides())
+                or disk_error(err)
+            )
             if cause is None or full_trace():
                 raise
             sys.stderr.write(f"error: {cause}\n")

@@ -15,6 +15,8 @@ from difftune.errors import DifftuneError
 # what torch's zip writer and safetensors put in the errors they raise for a failed write
 WRITER_ERRORS = ("inline_container.cc", "PytorchStreamWriter", "IoError(")
 KNOWN = [os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)]
+#: the file system's refusals that no retry fixes: full disk, quota, read-only
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def write_failure(err: BaseException) -> str | None:
@@ -53,6 +55,20 @@ def reported_writes(path: str | Path, what: str, then: str) -> Iterator[None]:
         raise DifftuneError(
             f"cannot write {what} {path} ({reason}; {free_space(path)} free); {then}"
         ) from err
+
+
+def disk_error(err: BaseException | None) -> DifftuneError | None:
+    """A full or read-only disk anywhere behind `err` (a grid, a curve, a log) as one line."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+            where = err.filename or "a file"
+            space = f"; {free_space(where)} free" if err.filename else ""
+            return DifftuneError(
+                f"cannot write {where} ({err.strerror}{space}); the checkpoints already written "
+                "are kept: free space, then run the same command with resume=true"
+            )
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def check_writable(key: str, value: Path, where: Path, *, links: bool = False) -> None:

@@ -24,7 +24,7 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from difftune.errors import DifftuneError
@@ -98,6 +98,17 @@ def quoting_hint(err: OverrideParseException) -> str:
     )
 
 
+def check_output_dir(cfg: DictConfig, multirun: bool) -> None:
+    """Hydra creates the run (or sweep) dir first: a file on its path is one line, not a crash."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    path = Path(str(OmegaConf.select(cfg, key))).expanduser()
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise DifftuneError(
+            f"{key}={path}: {blocker} is a file, not a directory; pass a new directory"
+        )
+
+
 def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> None:
     """Compose the config for every job of `argv` (sweeps expanded); raise a one-line error."""
     args = get_args_parser().parse_args(argv)
@@ -122,6 +133,7 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
                     or cfg.hydra.mode is not None
                     and str(cfg.hydra.mode).endswith("MULTIRUN")
                 )
+                check_output_dir(cfg, multirun)
                 if "trainer" in cfg:
                     check_hardware(cfg, multirun=multirun)
     except (ConfigCompositionException, MissingConfigException, OmegaConfBaseException) as err:

@@ -45,3 +45,14 @@ def silence_third_party() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefixes) for f in logger.filters):
             logger.addFilter(_DropPrefixes(prefixes))
+
+
+def one_copy_of_lightning_logs() -> None:
+    """Lightning gives its `lightning` logger a stderr handler on import; under Hydra the root
+    logger already prints to the console and train.log, so drop it: each line shows once."""
+    if not logging.getLogger().handlers:
+        return  # a notebook or script without logging set up: Lightning's handler is the one
+    lightning = logging.getLogger("lightning")
+    for handler in list(lightning.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning.removeHandler(handler)
