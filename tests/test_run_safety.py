@@ -22,6 +22,7 @@ from diffusers import DDPMPipeline, DDPMScheduler
 from omegaconf import open_dict
 from run_faults import full_disk_torch_save, read_only
 from test_train import ROOT, compose_train, shrink
+from test_user_errors import one_line_exit_2
 
 import difftune.checkpoint_io as checkpoint_io
 import difftune.train as train_module
@@ -411,7 +412,6 @@ def test_a_full_disk_while_writing_a_sample_grid_is_one_line_at_the_boundary(
     """Grids, curves and logs are written by many hands: the entry point's boundary maps a full
     or read-only disk behind any of them to one line; the checkpoints written so far stay."""
     import difftune.callbacks.sample_grid as sample_grid
-    from difftune.cli import exit_on_user_error
 
     grid = tmp_path / "run" / "samples" / "step_000002.png"
 
@@ -426,12 +426,7 @@ def test_a_full_disk_while_writing_a_sample_grid_is_one_line_at_the_boundary(
     with open_dict(cfg):
         cfg.callbacks.sample_grid.every_n_steps = 2
         cfg.callbacks.model_checkpoint.every_n_train_steps = 2
-    with pytest.raises(SystemExit) as stop:
-        exit_on_user_error(train)(cfg)
-    assert stop.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert re.match(rf"error: cannot write {grid} \(No space left on device; {FREE}\)", lines[0])
-    assert lines[0].endswith("free space, then run the same command with resume=true")
+    line = one_line_exit_2(train, cfg, capsys)
+    assert re.match(rf"error: cannot write {grid} \(No space left on device; {FREE}\)", line)
+    assert line.endswith("free space, then run the same command with resume=true")
     assert step_of(tmp_path / "run" / "checkpoints" / "last.ckpt") >= 2  # kept, resumable

@@ -57,11 +57,7 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            cause = (
-                user_error(err)
-                or config_error(err, given, task_overrides())
-                or disk_error(err)
-            )
+            cause = user_error(err) or config_error(err, given, task_overrides()) or disk_error(err)
             if cause is None or full_trace():
                 raise
             sys.stderr.write(f"error: {cause}\n")
