@@ -56,3 +56,58 @@ def test_throughput_and_peak_memory_are_logged(tmp_path, tiny_pipeline_dir):
 def test_smoothing_is_a_bias_corrected_moving_average():
     assert smooth([1.0, 1.0, 1.0]) == [1.0, 1.0, 1.0]
     assert smooth([0.0, 10.0], weight=0.5) == [0.0, 10.0 * 0.5 / (1 - 0.25)]
+
+
+def test_images_per_s_counts_training_steps_not_the_grids(monkeypatch):
+    """A fake clock: each training step takes 1 s, a grid drawn after it 100 s."""
+    from lightning.pytorch import Callback
+    from test_module import batches, make_module, trainer
+    from torch.utils.data import DataLoader
+
+    import difftune.callbacks.throughput as throughput
+    from difftune.callbacks import Throughput
+
+    clock = [0.0]
+    monkeypatch.setattr(throughput, "time", type("Clock", (), {"perf_counter": lambda: clock[0]}))
+
+    class OneSecondSteps(Callback):
+        def on_before_backward(self, *args):
+            clock[0] += 1.0
+
+    class SlowGrid(Callback):
+        def on_train_batch_end(self, *args):
+            clock[0] += 100.0
+
+    logged = []
+    module = make_module()
+    monkeypatch.setattr(module, "log_dict", lambda metrics, **kw: logged.append(metrics))
+    data = DataLoader(batches(4, 4), batch_size=1, collate_fn=lambda items: items[0])
+    callbacks = [Throughput(every_n_steps=2), OneSecondSteps(), SlowGrid()]
+    trainer(callbacks=callbacks, max_steps=4).fit(module, data)
+    assert [m["perf/images_per_s"] for m in logged] == [4.0, 4.0]  # 4 images a 1 s step
+
+
+def test_the_loss_curve_has_one_point_per_optimizer_step_under_accumulation(tmp_path):
+    """The mean of each window's micro-batch losses, not a staircase of micro-batch values."""
+    from lightning.pytorch import Callback
+    from test_module import batches, make_module, trainer
+    from torch.utils.data import DataLoader
+
+    from difftune.callbacks import LossCurve
+
+    micro = []
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            micro.append(float(trainer.callback_metrics["train/loss"]))
+
+    curve = LossCurve(str(tmp_path / "loss_curve.png"), every_n_steps=100)
+    data = DataLoader(batches(6, 2), batch_size=1, collate_fn=lambda items: items[0])
+    fit = trainer(callbacks=[Record(), curve], max_steps=2, accumulate_grad_batches=3)
+    fit.fit(make_module(lr=1e-3), data)
+    assert len(micro) == 6 and len(set(micro)) == 6
+    expected = [(1, sum(micro[:3]) / 3), (2, sum(micro[3:]) / 3)]
+    assert [s for s, _ in curve.train] == [1, 2]
+    for (_, got), (_, want) in zip(curve.train, expected, strict=True):
+        assert abs(got - want) < 1e-6
+    assert (tmp_path / "loss_curve.png").is_file()

@@ -129,6 +129,32 @@ def test_multi_gpu_without_a_gpu_is_one_line(monkeypatch):
         check_command_line(CONF, "train", ["hardware=multi_gpu"])
 
 
+def test_an_experiment_that_sets_a_gpu_is_named_not_the_key_it_set(monkeypatch):
+    monkeypatch.setattr(preflight.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, "train", ["experiment=vintage_faces"])
+    assert str(err.value).startswith(
+        "experiment=vintage_faces (it sets hardware=gpu): trainer.accelerator=gpu but no CUDA GPU"
+    )
+    assert "add hardware=cpu" in str(err.value)
+    with pytest.raises(DifftuneError, match=r"^hardware=gpu: "):  # typed: named as typed
+        check_command_line(CONF, "train", ["experiment=vintage_faces", "hardware=gpu"])
+
+
+@pytest.mark.parametrize("script", ["train", "sample"])
+def test_a_comma_without_m_shows_the_quoting_or_the_sweep_flag(script):
+    """The README's CLIP prompt as bash passes it unquoted: Hydra would call it ambiguous."""
+    prompt = "Red Rose, red flower painting"
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, script, ["guidance=clip", f"guidance.prompt={prompt}"])
+    assert str(err.value) == (
+        f"guidance.prompt={prompt}: Hydra reads a comma as a list of values to sweep; for text "
+        "with commas quote it for Hydra inside the shell's quotes: "
+        f"'guidance.prompt=\"{prompt}\"'; to sweep, add -m"
+    )
+    check_command_line(CONF, script, ["guidance=clip", f'guidance.prompt="{prompt}"'])  # quoted
+
+
 def test_ddp_in_a_sweep_needs_a_rank_launcher(monkeypatch):
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

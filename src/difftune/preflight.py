@@ -18,6 +18,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import (
     ConfigCompositionException,
     HydraException,
@@ -38,12 +39,18 @@ def check_hardware(cfg: DictConfig, multirun: bool = False) -> None:
     hydra_cfg = cfg.get("hydra") or {}
     if str(hydra_cfg.get("launcher", {}).get("_target_", "")).endswith("SlurmLauncher"):
         return  # the jobs run on the cluster's nodes, which check their own GPUs
-    choice = hydra_cfg.get("runtime", {}).get("choices", {}).get("hardware", "")
+    choices = hydra_cfg.get("runtime", {}).get("choices", {})
+    choice, experiment = choices.get("hardware", ""), choices.get("experiment")
     name = f"hardware={choice}" if choice else f"trainer.accelerator={trainer.get('accelerator')}"
+    typed = {
+        o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.get("overrides", {}).get("task", [])
+    }
+    if choice and experiment and "hardware" not in typed:
+        name = f"experiment={experiment} (it sets hardware={choice})"
     if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise DifftuneError(
             f"{name}: trainer.accelerator={trainer.get('accelerator')} but no CUDA GPU is visible; "
-            "use hardware=cpu (or hardware=ddp_cpu for DDP on the CPU)"
+            "add hardware=cpu (or hardware=ddp_cpu for DDP on the CPU)"
         )
     devices = trainer.get("devices", 1)
     several = devices == -1 or devices == "auto" or (isinstance(devices, int) and devices > 1)
@@ -98,6 +105,16 @@ def quoting_hint(err: OverrideParseException) -> str:
     )
 
 
+def comma_hint(override: Override) -> str:
+    """A comma list without -m: either text with commas (quote it) or a sweep (add -m)."""
+    key = override.get_key_element().lstrip("+~")
+    value = override.input_line.split("=", 1)[1] if override.input_line else override.value()
+    return (
+        f"{key}={value}: Hydra reads a comma as a list of values to sweep; for text with commas "
+        f"quote it for Hydra inside the shell's quotes: '{key}=\"{value}\"'; to sweep, add -m"
+    )
+
+
 def check_output_dir(cfg: DictConfig, multirun: bool) -> None:
     """Hydra creates the run (or sweep) dir first: a file on its path is one line, not a crash."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -118,8 +135,9 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except OverrideParseException as err:
         raise DifftuneError(quoting_hint(err)) from err
-    if not args.multirun and any(o.is_sweep_override() for o in parsed):
-        return  # Hydra's own message: a sweep needs -m
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not args.multirun:
+        raise DifftuneError(comma_hint(sweeps[0]))
     jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0] if parsed else [[]]
     multirun = bool(args.multirun)
     previous = HydraConfig.instance().cfg  # restored after: the checks leave no Hydra state

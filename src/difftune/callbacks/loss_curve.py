@@ -20,7 +20,11 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
 
 
 class LossCurve(Callback):
-    """Collects `train/loss` and `val/loss` and redraws the picture every N steps and at the end."""
+    """Collects `train/loss` and `val/loss` and redraws the picture every N steps and at the end.
+
+    One training point per optimizer step: with gradient accumulation, the mean of its
+    micro-batches' losses (not one point per micro-batch at the same step, a staircase).
+    """
 
     def __init__(self, path: str, every_n_steps: int = 100, smoothing: float = 0.9) -> None:
         if every_n_steps < 1:
@@ -31,6 +35,8 @@ class LossCurve(Callback):
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
         self._drawn_at = 0
+        self._window: list[float] = []  # micro-batch losses of this optimizer step (accumulation)
+        self._window_step = 0
         self.seconds = 0.0  # wall time spent drawing, reported against the whole fit
 
     def on_train_batch_end(
@@ -38,11 +44,18 @@ class LossCurve(Callback):
     ) -> None:
         loss = trainer.callback_metrics.get("train/loss")
         if loss is not None and outputs is not None:
-            self.train.append((trainer.global_step, float(loss)))
+            self._window.append(float(loss))
         step = trainer.global_step
+        if step != self._window_step and self._window:  # an optimizer step ended the window
+            self.train.append((step, sum(self._window) / len(self._window)))
+            self._window = []
+        self._window_step = step
         if self.train and step % self.every_n_steps == 0 and step != self._drawn_at:
             self._drawn_at = step
             self.draw()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._window_step = trainer.global_step  # a resumed run starts at its checkpoint's step
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loss = trainer.callback_metrics.get("val/loss")

@@ -74,9 +74,13 @@ class ProgressLine(Callback):
         now = time.perf_counter()
         loss = trainer.callback_metrics.get("train/loss")
         per_step = (now - self._start) / max(1, step - self._first_step)
-        line = progress_line(
-            step, self._total, None if loss is None else float(loss),
-            self._images / max(now - self._last_time, 1e-9), per_step,
+        measured = trainer.callback_metrics.get("perf/images_per_s")  # training steps only
+        images_per_s = (
+            float(measured) if measured is not None
+            else self._images / max(now - self._last_time, 1e-9)
         )  # fmt: skip
+        line = progress_line(
+            step, self._total, None if loss is None else float(loss), images_per_s, per_step
+        )
         log.info("%s", line)
         self._images, self._last_time, self._last_step = 0, now, step

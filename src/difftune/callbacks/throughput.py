@@ -20,8 +20,11 @@ def peak_memory_mb(device: torch.device) -> float:
 class Throughput(Callback):
     """Logs `perf/images_per_s` (training images, all processes) and `perf/peak_memory_mb`.
 
-    Under DDP the images/s of rank 0 times the world size (the ranks step in lock-step); the peak
-    memory is rank 0's.
+    Only the training steps count: the clock runs from each batch's start to this callback's
+    `on_train_batch_end`, which runs before the grids, curves and metrics of the callbacks listed
+    after it (conf/callbacks/default.yaml lists it first); validation runs after it too. Under
+    DDP the images/s of rank 0 times the world size (the ranks step in lock-step); the peak memory
+    is rank 0's.
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
@@ -29,27 +32,27 @@ class Throughput(Callback):
             raise ValueError(f"callbacks.throughput.every_n_steps={every_n_steps} must be >= 1")
         self.every_n_steps = every_n_steps
         self._images = 0
-        self._start: float | None = None
+        self._seconds = 0.0  # in training steps since the last log
+        self._batch_start = 0.0
         self._logged_step = -1
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._start is None:
-            self._start = time.perf_counter()
+        self._batch_start = time.perf_counter()
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self._seconds += time.perf_counter() - self._batch_start
         self._images += batch["images"].shape[0]
         step = trainer.global_step
         if step % self.every_n_steps or step == self._logged_step:
             return
         self._logged_step = step
-        seconds = time.perf_counter() - self._start
         metrics = {
-            "perf/images_per_s": self._images * trainer.world_size / seconds,
+            "perf/images_per_s": self._images * trainer.world_size / max(self._seconds, 1e-9),
             "perf/peak_memory_mb": peak_memory_mb(pl_module.device),
         }
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
-        self._images, self._start = 0, time.perf_counter()
+        self._images, self._seconds = 0, 0.0
