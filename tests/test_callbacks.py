@@ -20,16 +20,25 @@ def run(tmp_path, tiny_pipeline_dir, *overrides, steps=4):
     return train(cfg)
 
 
+SIDE = 4 * (2 + 2 * 18)  # a grid of 4 images of 16 px (2 px gaps), enlarged 4x to 64 px images
+TOP = 28  # the title line ("step 4") and the panels' labels
+
+
 def panel_count(path) -> int:
-    """Panels are 2+2·18 px wide grids (4 images of 16 px) separated by 8 px of white."""
-    return (Image.open(path).size[0] + 8) // (2 + 2 * 18 + 8)
+    """Panels are SIDE px wide grids separated by 8 px of white."""
+    return (Image.open(path).size[0] + 8) // (SIDE + 8)
 
 
 def test_unguided_run_writes_single_grids_progression_and_curve(tmp_path, tiny_pipeline_dir):
     run(tmp_path, tiny_pipeline_dir)
     names = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert names == ["step_000000.png", "step_000002.png", "step_000004.png"]
-    assert Image.open(tmp_path / "samples" / "step_000004.png").size == (38, 38)
+    grid = Image.open(tmp_path / "samples" / "step_000004.png").convert("RGB")
+    assert grid.size == (SIDE, TOP + SIDE)
+    # enlarged with nearest neighbours: each 16 px image pixel is a uniform 4x4 block
+    block = grid.crop((8, TOP + 8, 12, TOP + 12))
+    assert len(set(block.getdata())) == 1
+    assert len(set(grid.crop((0, 0, SIDE, 13)).getdata())) > 1  # the title line has text
     progression = Image.open(tmp_path / "progression.png")
     assert progression.size[1] >= 2 * 100  # x_t | x̂0 rows for the first and the last step
     assert Image.open(tmp_path / "loss_curve.png").size == (800, 450)
@@ -40,7 +49,8 @@ def test_guided_and_ema_panels_side_by_side(tmp_path, tiny_pipeline_dir):
     grid = tmp_path / "samples" / "step_000004.png"
     assert panel_count(grid) == 4  # EMA unguided, EMA guided, raw unguided, raw guided
     pixels = Image.open(grid).convert("RGB")
-    left, right = pixels.crop((0, 14, 38, 52)), pixels.crop((46, 14, 84, 52))
+    left = pixels.crop((0, TOP, SIDE, TOP + SIDE))
+    right = pixels.crop((SIDE + 8, TOP, 2 * SIDE + 8, TOP + SIDE))
     assert list(left.getdata()) != list(right.getdata())  # guidance changed the picture
 
 
@@ -111,3 +121,29 @@ def test_the_loss_curve_has_one_point_per_optimizer_step_under_accumulation(tmp_
     for (_, got), (_, want) in zip(curve.train, expected, strict=True):
         assert abs(got - want) < 1e-6
     assert (tmp_path / "loss_curve.png").is_file()
+
+
+def test_kid_is_drawn_beside_the_loss_curve(tmp_path):
+    from lightning.pytorch import Callback
+    from test_module import batches, make_module, trainer
+    from torch.utils.data import DataLoader
+
+    from difftune.callbacks import LossCurve
+    from difftune.callbacks.kid import KIDCallback
+
+    class FakeKID(Callback):  # what KIDCallback offers, without its sampling
+        curve = KIDCallback.curve
+        prefix, feature_name = "val", "small"
+
+        def __init__(self):
+            self.history = []
+
+        def on_train_end(self, trainer, *args):  # after LossCurve's: the last point still shows
+            self.history += [(0, 0.08), (trainer.global_step, 0.02)]
+
+    path = tmp_path / "loss_curve.png"
+    data = DataLoader(batches(2, 2), batch_size=1, collate_fn=lambda items: items[0])
+    trainer(callbacks=[LossCurve(str(path)), FakeKID()], max_steps=2).fit(make_module(), data)
+    assert Image.open(path).size == (1200, 450)  # the loss, and a panel for val/kid_small
+    trainer(callbacks=[LossCurve(str(path))], max_steps=2).fit(make_module(), data)
+    assert Image.open(path).size == (800, 450)

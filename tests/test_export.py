@@ -232,6 +232,15 @@ def test_export_writes_the_ema_weights_and_raw_on_request(ema_run, tmp_path, cap
     assert out_raw == tmp_path / "raw"
     assert_same_weights(exported_unet(out_raw), raw)
 
+    # a model card from the run's resolved config, like train.py's own export
+    meta, body = split_card((out / "README.md").read_text())
+    assert meta["library_name"] == "diffusers"
+    for fact in ("| steps | 3 |", "| learning rate |", "| EMA | on (decay", "| resolution | 16 px"):
+        assert fact in body, fact
+    assert "| train/loss |" in body  # last.ckpt: the run's final metrics
+    assert "| EMA | off |" in (out_raw / "README.md").read_text()
+    assert UNet2DModel.load_config(out, subfolder="unet")["sample_size"] == 16
+
 
 def test_export_outside_a_run_uses_base_or_the_checkpoint_hparams(ema_run, tmp_path):
     loose = tmp_path / "loose.ckpt"

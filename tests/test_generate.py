@@ -37,6 +37,22 @@ def test_sampling_a_local_pipeline_writes_grid_images_and_progression(tiny_pipel
     assert Image.open(tmp_path / "progression.png").size[1] > 4 * 40  # rows at steps 0, 2, 4, 5
 
 
+def test_a_guided_sample_writes_the_unguided_grid_of_the_same_noise_beside_it(
+    tiny_pipeline_dir, tmp_path
+):
+    common = (f"pretrained={tiny_pipeline_dir}", "num_images=4", "batch_size=2",
+              "num_inference_steps=4", "scheduler=ddpm")  # fmt: skip
+    generate(compose_sample(*common, "guidance=color", output_dir=tmp_path / "guided"))
+    generate(compose_sample(*common, output_dir=tmp_path / "plain"))
+    guided, plain = tmp_path / "guided", tmp_path / "plain"
+    # the same noise (DDPM's per-step noise too): exactly the unguided run's grid
+    assert (guided / "grid_unguided.png").read_bytes() == (plain / "grid.png").read_bytes()
+    assert (guided / "grid.png").read_bytes() != (plain / "grid.png").read_bytes()
+    comparison = Image.open(guided / "comparison.png")  # two labelled panels, enlarged 4x
+    assert comparison.size == (2 * 4 * 38 + 8, 28 + 4 * 38)  # 2x2 images of 16 px, 2 px gaps
+    assert not (plain / "comparison.png").exists()
+
+
 def test_same_seed_same_images_and_a_run_dir_is_a_valid_source(tiny_pipeline_dir, tmp_path):
     run_dir = tmp_path / "run"  # a training run dir holds its export in pipeline/
     (run_dir / "pipeline").parent.mkdir()

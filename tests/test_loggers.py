@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from PIL import Image
 from test_train import compose_train, shrink
 
 from difftune.errors import DifftuneError
@@ -14,8 +15,17 @@ def test_tensorboard_logger_writes_events(tmp_path, tiny_pipeline_dir):
     cfg = compose_train(f"model.pretrained={tiny_pipeline_dir}", "data.image_size=16",
                         "logger=tensorboard", output_dir=tmp_path)  # fmt: skip
     train(shrink(cfg, steps=2))
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
     assert (tmp_path / "metrics.csv").is_file()  # csv comes along
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0]), size_guidance={"images": 0})
+    accumulator.Reload()
+    images = accumulator.Images("samples")  # the sample grids, not only the scalars
+    assert [i.step for i in images] == [0, 2]
+    grid = Image.open(tmp_path / "samples" / "step_000002.png")
+    assert (images[-1].width, images[-1].height) == grid.size
 
 
 def test_wandb_offline_run_is_written_locally(tmp_path, tiny_pipeline_dir, monkeypatch):

@@ -420,7 +420,6 @@ def test_a_full_disk_while_writing_a_sample_grid_is_one_line_at_the_boundary(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return grid.parent  # the step-0 grid "is written"
 
-    monkeypatch.setattr(sample_grid, "save_grid", full_disk)
     monkeypatch.setattr(sample_grid, "save_panels", full_disk)
     cfg = quick(tmp_path / "run", steps=4)
     with open_dict(cfg):

@@ -11,6 +11,7 @@ the weights are loaded strictly. The output path is printed; errors are one line
 """
 
 import argparse
+import json
 import pickle
 import re
 import sys
@@ -27,6 +28,7 @@ from difftune.cli import exit_on_user_error, user_error
 from difftune.disk import reported_writes
 from difftune.errors import DifftuneError
 from difftune.hub import push_to_hub
+from difftune.model_card import dataset_name, write_model_card
 from difftune.pipeline_io import export_pipeline, load_noise_scheduler, load_unet
 from difftune.run_dir import check_export_dir
 
@@ -158,9 +160,46 @@ def export_checkpoint(
         unet, scheduler = build_from_base(str(base))
         built = str(base)
     load_strictly(unet, weights, ckpt, built)
+    facts = run_facts(run, ckpt, checkpoint, raw, base)
+    if facts["image_size"]:  # the pipeline samples at the resolution it was trained at
+        unet.register_to_config(sample_size=int(facts["image_size"]))
     kept = "the last complete export there stays loadable; free space and run this again"
     with reported_writes(out, "the pipeline", then=kept):
-        return export_pipeline(unet.eval(), scheduler, out)
+        path = export_pipeline(unet.eval(), scheduler, out)
+        write_model_card(path, **facts)
+    return path
+
+
+def run_facts(
+    run: Path | None, ckpt: Path, checkpoint: dict[str, Any], raw: bool, base: str | None
+) -> dict[str, Any]:
+    """The model card's facts: from the run's `config_resolved.yaml` when there is one."""
+    resolved = run / "config_resolved.yaml" if run is not None else None
+    cfg = OmegaConf.load(resolved) if resolved and resolved.is_file() else OmegaConf.create({})
+
+    def get(key: str) -> Any:
+        return OmegaConf.select(cfg, key, default=None)
+
+    step = int(checkpoint.get("global_step", 0))
+    grid = run / "samples" / f"step_{step:06d}.png" if run is not None else None
+    final = run / "final_metrics.json" if run is not None else None
+    at_the_end = final is not None and final.is_file() and ckpt.name == "last.ckpt"
+    processes = [get("trainer.devices"), get("trainer.num_nodes")]
+    batch = (get("data.batch_size") or 0) * (get("trainer.accumulate_grad_batches") or 1)
+    for count in processes:
+        batch *= count if isinstance(count, int) and count > 0 else 1
+    return dict(
+        base_model=get("model.pretrained") or base,
+        dataset=dataset_name(cfg.data) if "data" in cfg else None,
+        steps=step,
+        effective_batch=batch,
+        lr=get("model.optimizer.lr") or 0.0,
+        precision=str(get("trainer.precision") or "unknown"),
+        ema=None if raw or not get("ema") else get("ema.decay"),
+        metrics=json.loads(final.read_text()) if at_the_end else {},
+        sample_grid=grid if grid is not None and grid.is_file() else None,
+        image_size=get("data.image_size"),
+    )
 
 
 def reexport_hint(ckpt: Path | None, out: str | Path) -> str:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from difftune.config_checks import check_device, check_image_size, check_seed
 from difftune.errors import DifftuneError
-from difftune.images import save_grid, to_pil_list
+from difftune.images import save_grid, save_panels, to_pil_list
 from difftune.pipeline_io import load_noise_scheduler, load_unet, load_unet_config
 from difftune.plotting import plot_progression, plot_schedules
 from difftune.sampling import sample
@@ -106,6 +106,20 @@ def generate(cfg: DictConfig) -> Path:
         image.save(out / "images" / f"{index:04d}.png")
     plot_progression(progression, out / "progression.png")
     grid = save_grid(x_0, out / "grid.png")
+    if guidance is not None:  # the same noise without guidance, beside it: what guidance did
+        step_generator = torch.Generator(device).manual_seed(cfg.seed)
+        unguided = torch.cat(
+            [
+                sample(
+                    unet, scheduler, noise[start : start + cfg.batch_size].to(device),
+                    cfg.num_inference_steps, None, step_generator,
+                ).cpu()
+                for start in range(0, cfg.num_images, cfg.batch_size)
+            ]
+        )  # fmt: skip
+        save_grid(unguided, out / "grid_unguided.png")
+        title = f"{cfg.scheduler}, {cfg.num_inference_steps} steps, seed {cfg.seed}"
+        save_panels([("unguided", unguided), (guidance.label, x_0)], out / "comparison.png", title)
     bad = int((~torch.isfinite(x_0.flatten(1))).any(1).sum())
     if bad:  # written anyway (black where NaN), so they can be looked at
         raise DifftuneError(

@@ -4,6 +4,7 @@ import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
@@ -25,6 +26,13 @@ def looks_like_hub_id(name: str | None) -> bool:
     except HFValidationError:
         return False
     return True
+
+
+def dataset_name(data_cfg: Mapping[str, Any]) -> str:
+    """What the model card calls the training data (from a run's `data` config)."""
+    if data_cfg.get("source") == "synthetic":
+        return f"synthetic '{data_cfg.get('style')}' style (difftune)"
+    return str(data_cfg.get("dataset_name") or data_cfg.get("data_dir"))
 
 
 def describe_base(base_model: str | None) -> str:

@@ -22,7 +22,7 @@ from difftune.errors import DifftuneError
 from difftune.export import reexport_hint
 from difftune.hub import push_to_hub
 from difftune.loggers import check_loggers, log_config
-from difftune.model_card import write_model_card
+from difftune.model_card import dataset_name, write_model_card
 from difftune.module import DiffusionFineTuner
 from difftune.pipeline_io import export_pipeline
 from difftune.provenance import record_run
@@ -61,13 +61,6 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, DiffusionFineTuner, Trainer
     module = hydra.utils.instantiate(cfg.model)
     log_config(loggers, cfg)
     return datamodule, module, trainer
-
-
-def dataset_name(data_cfg: DictConfig) -> str:
-    """What the model card calls the training data."""
-    if data_cfg.get("source") == "synthetic":
-        return f"synthetic '{data_cfg.get('style')}' style (difftune)"
-    return str(data_cfg.get("dataset_name") or data_cfg.get("data_dir"))
 
 
 def export(cfg: DictConfig, trainer: Trainer, module: DiffusionFineTuner, metrics: dict) -> Path:

@@ -174,6 +174,10 @@ class KIDCallback(Callback):
         self.seconds += time.perf_counter() - start
         return metrics
 
+    def curve(self) -> tuple[str, list[tuple[int, float]]]:
+        """The metric's name and its (step, value) points, for `loss_curve.png`."""
+        return f"{self.prefix}/kid_{self.feature_name}", list(self.history)
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.evaluate(trainer, pl_module)
 

@@ -23,7 +23,8 @@ class LossCurve(Callback):
     """Collects `train/loss` and `val/loss` and redraws the picture every N steps and at the end.
 
     One training point per optimizer step: with gradient accumulation, the mean of its
-    micro-batches' losses (not one point per micro-batch at the same step, a staircase).
+    micro-batches' losses (not one point per micro-batch at the same step, a staircase). Metrics
+    of other callbacks that offer `curve() -> (name, [(step, value)])` (KID) get a panel beside.
     """
 
     def __init__(self, path: str, every_n_steps: int = 100, smoothing: float = 0.9) -> None:
@@ -37,6 +38,7 @@ class LossCurve(Callback):
         self._drawn_at = 0
         self._window: list[float] = []  # micro-batch losses of this optimizer step (accumulation)
         self._window_step = 0
+        self._trainer: Trainer | None = None
         self.seconds = 0.0  # wall time spent drawing, reported against the whole fit
 
     def on_train_batch_end(
@@ -56,24 +58,34 @@ class LossCurve(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._window_step = trainer.global_step  # a resumed run starts at its checkpoint's step
+        self._trainer = trainer
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loss = trainer.callback_metrics.get("val/loss")
         if loss is not None and not trainer.sanity_checking:
             self.val.append((trainer.global_step, float(loss)))
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.draw()
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.draw()  # after every callback's on_train_end: the last KID is in
 
     @rank_zero_only
     def draw(self) -> None:
         """Write the figure (train raw + smoothed, val points) to `path`."""
         start = time.perf_counter()
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        callbacks = self._trainer.callbacks if self._trainer is not None else []
+        curves = [c.curve() for c in callbacks if hasattr(c, "curve")]
+        curves = [(name, points) for name, points in curves if points]
+        fig, axes = plt.subplots(1, 1 + len(curves), figsize=(8 + 4 * len(curves), 4.5))
+        ax = axes[0] if curves else axes
+        for other, (name, points) in zip(axes[1:] if curves else [], curves, strict=True):
+            steps, values = zip(*points, strict=True)
+            other.plot(steps, values, "o-", color="tab:green")
+            other.set(xlabel="optimizer step", ylabel=name, title=name)
+            other.grid(alpha=0.3)
         if self.train:
             steps, losses = zip(*self.train, strict=True)
-            ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train (per batch)")
+            ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train (per step)")
             ax.plot(
                 steps,
                 smooth(list(losses), self.smoothing),

@@ -5,15 +5,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
 
 from difftune.callbacks.fixed_noise import sample_fixed_noise
 from difftune.callbacks.grid_budget import plan_grids
 from difftune.ema import ema_unet
 from difftune.guidance import Guidance
-from difftune.images import save_grid, save_panels
+from difftune.images import save_panels
 from difftune.plotting import plot_progression
 
 log = logging.getLogger(__name__)
@@ -109,17 +112,19 @@ class SampleGrid(Callback):
             )
             if self.guidance is not None:
                 x_0 = self._sample(trainer, pl_module, unet, self.guidance)
-                panels.append((f"{name} guided".strip(), x_0))
+                panels.append((f"{name} {self.guidance.label}".strip(), x_0))
         path = self.dirpath / f"step_{trainer.global_step:06d}.png"
-        if len(panels) == 1:
-            save_grid(panels[0][1], path)
-        else:
-            save_panels(panels, path)
+        save_panels(panels, path, title=f"step {trainer.global_step}")
         self.written.append(path)
         self._last_step = trainer.global_step
         for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):
+            if hasattr(logger, "log_image"):  # W&B
                 logger.log_image("samples", [str(path)], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                pixels = np.asarray(Image.open(path).convert("RGB"))
+                logger.experiment.add_image(
+                    "samples", pixels, trainer.global_step, dataformats="HWC"
+                )
         seconds = time.perf_counter() - start
         self.seconds += seconds
         log.info("step %d: grid written (%s) to %s in %.1f s", trainer.global_step, what, path,

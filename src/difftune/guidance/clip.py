@@ -143,6 +143,11 @@ class ClipLoss:
         )
         self._text_features: torch.Tensor | None = None
 
+    @property
+    def label(self) -> str:
+        """What a picture's caption calls this loss."""
+        return "CLIP " + " + ".join(repr(p) for p in self.prompts)
+
     def __repr__(self) -> str:
         return (
             f"ClipLoss(prompt={self.prompts!r}, model_name={self.model_name!r}, "

@@ -20,6 +20,11 @@ class ColorLoss:
             )
         self.target_rgb = target
 
+    @property
+    def label(self) -> str:
+        """What a picture's caption calls this loss."""
+        return "colour (" + ", ".join(f"{v:g}" for v in self.target_rgb) + ")"
+
     def __repr__(self) -> str:
         return f"ColorLoss(target_rgb={self.target_rgb})"
 

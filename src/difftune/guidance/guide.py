@@ -138,6 +138,12 @@ class Guidance:
             f"grad_clip_rms={self.grad_clip_rms}, clip_x0={self.clip_x0})"
         )
 
+    @property
+    def label(self) -> str:
+        """A short caption: `guided: colour (0.8, 0.4, 0.6) ×40`."""
+        what = getattr(self.loss, "label", None) or type(self.loss).__name__
+        return f"guided: {what} ×{self.scale:g}"
+
     def weight(self, alpha_prod_t: torch.Tensor) -> torch.Tensor:
         """w(ᾱ_t) of the chosen schedule."""
         return SCHEDULES[self.schedule](alpha_prod_t)
