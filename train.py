@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from difftune.cli import exit_on_user_error, preflight
 from difftune.quiet import one_copy_of_lightning_logs, silence_third_party
+from difftune.resume import continue_in_its_dir
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -24,4 +25,5 @@ def main(cfg: DictConfig) -> dict[str, float] | float:
 if __name__ == "__main__":
     silence_third_party()
     preflight(Path(__file__).parent / "conf", "train", sys.argv[1:])
+    sys.argv[1:] = continue_in_its_dir(Path(__file__).parent / "conf", "train", sys.argv[1:])
     main()

@@ -77,3 +77,40 @@ def test_config_logged_without_secrets(tmp_path, tiny_pipeline_dir):
     assert redact({"a": {"HF_TOKEN": 1, "b": [{"api_key": 2, "c": 3}]}}) == {
         "a": {"HF_TOKEN": "***", "b": [{"api_key": "***", "c": 3}]}
     }
+
+
+def test_a_run_resumed_in_its_dir_keeps_its_metrics_and_draws_one_curve(tmp_path):
+    """Lightning's CSV logger deletes an existing metrics.csv; a resumed run must append to it
+    (dropping rows logged after the checkpoint it resumes from) and draw the whole curve."""
+    import csv
+
+    from omegaconf import open_dict
+
+    from difftune.callbacks import LossCurve
+
+    def run(steps, *overrides):
+        cfg = shrink(compose_train(*overrides, output_dir=tmp_path), steps=steps)
+        with open_dict(cfg):
+            cfg.trainer.log_every_n_steps = 1
+            cfg.callbacks.model_checkpoint.every_n_train_steps = 2
+        return cfg
+
+    train(run(3))  # checkpoint at step 2, then one more logged step (3) and last.ckpt at 3
+    step2 = tmp_path / "checkpoints" / "step_000002.ckpt"
+    cfg = run(5, f"ckpt_path={step2}")
+    curves = []
+    original = LossCurve.on_fit_end
+
+    def keep(self, trainer, pl_module):
+        curves.append(list(self.train))
+        original(self, trainer, pl_module)
+
+    LossCurve.on_fit_end = keep
+    try:
+        train(cfg)
+    finally:
+        LossCurve.on_fit_end = original
+    with open(tmp_path / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert steps == [0, 1, 2, 3, 4]  # the first run's 0, 1; the resumed 2, 3, 4 once each
+    assert [s for s, _ in curves[0]] == [1, 2, 3, 4, 5]  # one curve: the first run's steps 1, 2

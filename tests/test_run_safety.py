@@ -429,3 +429,20 @@ def test_a_full_disk_while_writing_a_sample_grid_is_one_line_at_the_boundary(
     assert re.match(rf"error: cannot write {grid} \(No space left on device; {FREE}\)", line)
     assert line.endswith("free space, then run the same command with resume=true")
     assert step_of(tmp_path / "run" / "checkpoints" / "last.ckpt") >= 2  # kept, resumable
+
+
+@pytest.mark.slow
+def test_resume_true_goes_on_in_the_run_dir_it_came_from(tmp_path):
+    """Not in a new timestamped dir: one run dir, one metrics.csv, one loss curve."""
+    first = tmp_path / "first"
+    assert run_train(first, "trainer.max_steps=4").returncode == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "train.py", *RUN, "resume=true", "trainer.max_steps=6",
+         f"resume_dir={tmp_path}/resume_index"],
+        cwd=ROOT, env=env, text=True, capture_output=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert step_of(first / "checkpoints" / "last.ckpt") == 6
+    assert "resume=true: resuming from" in (first / "train.log").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "resume_index"]

@@ -90,7 +90,8 @@ def test_offline_default_end_to_end(tmp_path):
     assert metrics["train/loss"] < 0.2 and metrics["val/loss"] < 0.2
     samples = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert samples == ["step_000000.png", "step_000020.png", "step_000040.png"]
-    assert Image.open(tmp_path / "samples" / "step_000040.png").size == (2 + 2 * 34, 2 + 2 * 34)
+    side = 2 * (2 + 2 * 34)  # 2x2 images of 32 px with 2 px gaps, enlarged 2x; 28 px of labels
+    assert Image.open(tmp_path / "samples" / "step_000040.png").size == (side, 28 + side)
     assert Image.open(tmp_path / "loss_curve.png").size[0] > 400
     csv = (tmp_path / "metrics.csv").read_text().splitlines()
     assert "train/loss" in csv[0] and "val/loss" in csv[0]

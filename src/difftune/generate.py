@@ -84,7 +84,9 @@ def generate(cfg: DictConfig) -> Path:
     step_generator = torch.Generator(device).manual_seed(cfg.seed)  # DDPM's per-step noise
     progression: list[dict] = []
     num_batches = -(-cfg.num_images // cfg.batch_size)
-    bar = tqdm(total=num_batches * cfg.num_inference_steps, desc="sampling", unit="step")
+    bar = tqdm(  # disable=None: no bar frames in a log file (stderr not a terminal)
+        total=num_batches * cfg.num_inference_steps, desc="sampling", unit="step", disable=None
+    )
 
     def record(step: dict) -> None:  # the first batch's steps, every `progression_every`
         bar.update()

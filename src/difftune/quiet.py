@@ -12,8 +12,6 @@ import warnings
 WARNINGS: list[tuple[str, type[Warning], str]] = [
     # Lightning's own pytree helper on torch >= 2.10; nothing a user can change
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\."),
-    # the run dir always holds .hydra/ and train.log when the CSV logger starts
-    (r"Experiment logs directory .* exists and is not empty", UserWarning, r"lightning\."),
 ]
 
 # logger name: message prefixes dropped from it

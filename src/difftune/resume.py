@@ -15,7 +15,6 @@ import logging
 import os
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.errors import DifftuneError
@@ -81,6 +80,8 @@ def register_run(cfg: DictConfig) -> None:
 
 
 def _step(ckpt: Path) -> int:
+    import torch  # here: the entry point's resume lookup runs before anything heavy is needed
+
     try:
         return int(
             torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
@@ -92,8 +93,9 @@ def _step(ckpt: Path) -> int:
 def latest_checkpoint(cfg: DictConfig) -> Path:
     """The readable checkpoint with the most steps among this configuration's runs."""
     runs = _runs(_index(cfg))
-    own = str(Path(cfg.paths.output_dir).resolve())
-    candidates = [c for run in {*runs, own} for c in Path(run).glob("checkpoints/*.ckpt")]
+    own = OmegaConf.select(cfg, "paths.output_dir", default=None)  # None before Hydra runs
+    dirs = {*runs, str(Path(own).resolve())} if own else set(runs)
+    candidates = [c for run in dirs for c in Path(run).glob("checkpoints/*.ckpt")]
     scored = sorted(((_step(c), c.stat().st_mtime, c) for c in candidates), reverse=True)
     if not scored or scored[0][0] < 0:
         raise DifftuneError(
@@ -102,3 +104,26 @@ def latest_checkpoint(cfg: DictConfig) -> Path:
             "pass ckpt_path=..."
         )
     return scored[0][2]
+
+
+def continue_in_its_dir(config_dir: Path, config_name: str, argv: list[str]) -> list[str]:
+    """`argv` plus `hydra.run.dir=<run>` when a plain `resume=true` run has a checkpoint to go on
+    from, so the resumed run writes into the run dir it came from (one metrics.csv, one curve)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    keys = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+    wanted = any(a.lstrip("+") == "resume=true" for a in argv)
+    if not wanted or "hydra.run.dir" in keys or {"-m", "--multirun"} & set(argv):
+        return argv
+    previous = HydraConfig.instance().cfg
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=argv, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            ckpt = latest_checkpoint(cfg)
+    except DifftuneError:
+        return argv  # train() says it in one line
+    finally:
+        HydraConfig.instance().cfg = previous
+    return [*argv, f"hydra.run.dir={ckpt.parent.parent}"]

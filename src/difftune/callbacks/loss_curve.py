@@ -59,6 +59,13 @@ class LossCurve(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._window_step = trainer.global_step  # a resumed run starts at its checkpoint's step
         self._trainer = trainer
+        if trainer.global_step > 0 and not self.train:  # resumed: the curve so far, from the log
+            for logger in trainer.loggers:
+                if hasattr(logger, "history"):
+                    earlier = logger.history(trainer.global_step, ("train/loss", "val/loss"))
+                    # a train row's step is the one before its optimizer step; here, after it
+                    self.train = [(step + 1, loss) for step, loss in earlier["train/loss"]]
+                    self.val = earlier["val/loss"]
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loss = trainer.callback_metrics.get("val/loss")

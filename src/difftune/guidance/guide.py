@@ -140,9 +140,9 @@ class Guidance:
 
     @property
     def label(self) -> str:
-        """A short caption: `guided: colour (0.8, 0.4, 0.6) ×40`."""
+        """A short caption: `guided: colour (0.8, 0.4, 0.6), scale 40` (ASCII: PIL's font)."""
         what = getattr(self.loss, "label", None) or type(self.loss).__name__
-        return f"guided: {what} ×{self.scale:g}"
+        return f"guided: {what}, scale {self.scale:g}"
 
     def weight(self, alpha_prod_t: torch.Tensor) -> torch.Tensor:
         """w(ᾱ_t) of the chosen schedule."""
