@@ -1,0 +1,141 @@
+"""Every `python train.py` / `python sample.py` command of the README, as a user pastes it.
+
+Each one is composed for every job (the entry points' preflight); the ones that can run offline
+run in-process, shortened; each `$ command` followed by an `error:` line gives that line.
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+from test_generate import compose_sample
+from test_train import CONF, ROOT, compose_train, shrink
+
+from difftune import preflight
+from difftune.cli import exit_on_user_error
+from difftune.generate import generate
+from difftune.preflight import check_command_line
+from difftune.train import train
+
+ENTRY = re.compile(r"^(?:\$ )?(?:\w+=\S+ )*python (train|sample)\.py\b")
+NEEDS_HUB_OR_GPU = re.compile(
+    r"^(experiment=|model=(ddpm|wikiart|pretrained)|data=(vintage_faces|wikiart|hf)\b|"
+    r"hardware=(gpu|multi_gpu|slurm|ddp_cpu)|logger=wandb|push_to_hub=true|guidance=clip|"
+    r"callbacks.kid.features=(clip|inception)|torchrun)"
+)
+PLACEHOLDER = re.compile(r"<[^>]+>|/path/|\.\.\.")
+
+
+def readme_commands() -> tuple[list[str], list[tuple[str, str]]]:
+    """(commands, [(command, expected error line)]) from code blocks and table cells."""
+    lines = (ROOT / "README.md").read_text().replace("\\\n", " ").splitlines()
+    commands, errors, in_block = [], [], False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            in_block = not in_block
+            continue
+        spans = [line.strip()] if in_block else re.findall(r"`([^`]+)`", line)
+        for span in spans:
+            if not ENTRY.match(span):
+                continue
+            following = lines[i + 1] if i + 1 < len(lines) else ""
+            if in_block and span.startswith("$ ") and following.startswith("error: "):
+                errors.append((span[2:], following))
+            else:
+                commands.append(span.removeprefix("$ "))
+    return commands, errors
+
+
+COMMANDS, ERRORS = readme_commands()
+COMMANDS = list(dict.fromkeys(COMMANDS))  # each distinct command once
+
+
+def split(command: str) -> tuple[str, list[str], dict[str, str]]:
+    """(script, overrides, environment) of a shell command line."""
+    words = [re.sub(r"<[^<>]*>", "x", w) for w in shlex.split(command, comments=True)]
+    words = [w for w in words if "<" not in w and ">" not in w]  # `<same overrides>`: prose
+    env = {}
+    while "=" in words[0] and not words[0].startswith("python"):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    assert words[0] == "python", command
+    return words[1].removesuffix(".py"), words[2:], env
+
+
+def test_the_readme_has_commands_to_check():
+    assert len(COMMANDS) >= 20 and len(ERRORS) >= 10
+    assert any("guidance.prompt=" in c for c in COMMANDS)  # the comma prompt is among them
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_readme_command_composes_for_every_job(command, monkeypatch):
+    script, overrides, _ = split(command)
+    monkeypatch.setattr(preflight.torch.cuda, "is_available", lambda: True)  # GPU examples too
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "readme")  # torchrun's examples
+    check_command_line(CONF, script, overrides)
+
+
+# run here: not a sweep (tests/test_scale_out.py), not resume=true (it needs an earlier run:
+# tests/test_run_safety.py), nothing from the Hub or a GPU, no placeholder
+RUNNABLE = [
+    c
+    for c in COMMANDS
+    if " -m " not in f" {c} "
+    and not PLACEHOLDER.search(c)
+    and not any(NEEDS_HUB_OR_GPU.match(word) for word in split(c)[1])
+    and not any(w.startswith(("--", "sweep=", "resume=")) for w in split(c)[1])
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", RUNNABLE)
+def test_every_offline_readme_command_runs_shortened(command, tmp_path):
+    script, overrides, _ = split(command)
+    if script == "sample":
+        cfg = compose_sample(*overrides, "num_images=2", "batch_size=2", output_dir=tmp_path)
+        with open_dict(cfg):
+            cfg.num_inference_steps = min(cfg.num_inference_steps, 3)
+        assert generate(cfg).is_file()
+        return
+    cfg = shrink(compose_train(*overrides, output_dir=tmp_path), steps=2)
+    with open_dict(cfg):
+        if cfg.get("callbacks") and cfg.callbacks.get("kid"):
+            cfg.callbacks.kid.update(num_samples=8, num_inference_steps=2)
+    train(cfg)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def matches(got: str, expected: str) -> bool:
+    """The README's line, where `(...)` and `...` stand for text that varies."""
+    parts = [re.escape(p) for p in re.split(r"\(\.\.\.\)|\.\.\.", expected)]
+    return re.fullmatch(r".*?".join(parts), got) is not None
+
+
+@pytest.mark.parametrize(("command", "expected"), ERRORS)
+def test_every_readme_error_example_is_the_line_a_user_gets(
+    command, expected, tmp_path, monkeypatch, capsys
+):
+    script, overrides, env = split(command)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(preflight.torch.cuda, "is_available", lambda: False)  # "no GPU" examples
+    monkeypatch.chdir(ROOT)
+    try:
+        check_command_line(CONF, script, overrides)
+    except Exception as err:  # what the entry point prints, then exits 2
+        line = f"error: {err}"
+    else:
+        cfg = compose_train(*overrides, output_dir=tmp_path)
+        with pytest.raises(SystemExit) as stop:
+            exit_on_user_error(train)(cfg)
+        assert stop.value.code == 2
+        line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("error: "))
+    assert matches(line, expected), f"\nREADME: {expected}\ngot:    {line}"
+
+
+def test_the_test_sees_what_a_changed_message_would_be():
+    assert matches("error: a (b c); d", "error: a (...); d")
+    assert not matches("error: a (b c); e", "error: a (...); d")
+    assert Path(ROOT / "README.md").is_file()
