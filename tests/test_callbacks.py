@@ -147,3 +147,23 @@ def test_kid_is_drawn_beside_the_loss_curve(tmp_path):
     assert Image.open(path).size == (1200, 450)  # the loss, and a panel for val/kid_small
     trainer(callbacks=[LossCurve(str(path))], max_steps=2).fit(make_module(), data)
     assert Image.open(path).size == (800, 450)
+
+
+def test_the_terminal_bar_counts_optimizer_steps_not_epochs_or_micro_batches(capsys):
+    """Lightning's bar showed `Epoch 9/-2` (max_epochs=-1) and `4/2` under accumulation."""
+    from test_module import batches, make_module, trainer
+    from torch.utils.data import DataLoader
+
+    from difftune.callbacks import StepProgressBar
+
+    data = DataLoader(batches(3, 2), batch_size=1, collate_fn=lambda items: items[0])
+    bar = StepProgressBar()
+    fit = trainer(
+        callbacks=[bar], max_steps=4, max_epochs=-1, accumulate_grad_batches=2,
+        enable_progress_bar=True,
+    )  # fmt: skip
+    fit.fit(make_module(), data)  # 8 micro-batches over 3 epochs of 3
+    assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (4, 4)
+    shown = capsys.readouterr().out
+    assert "train: 100%" in shown and "4/4" in shown
+    assert "Epoch" not in shown and "/-2" not in shown and "8/" not in shown

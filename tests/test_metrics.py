@@ -163,6 +163,29 @@ def test_callback_measures_at_start_every_n_steps_and_end_with_real_features_onc
     assert module.unet.training  # train mode restored after sampling
 
 
+def test_the_base_models_step_0_kid_is_computed_once_for_a_sweep(tiny_pipeline_dir, tmp_path):
+    """Two jobs from the same base, data and settings: the second reads the first's step 0."""
+    sampled = []
+
+    class Counting(KIDCallback):
+        def _generate(self, trainer, pl_module):
+            sampled.append(trainer.global_step)
+            return super()._generate(trainer, pl_module)
+
+    def job(**kwargs):
+        callback = Counting(every_n_steps=10, num_samples=4, num_inference_steps=2,
+                            cache_dir=str(tmp_path / "kid_cache"), **kwargs)  # fmt: skip
+        tiny_fit(callback, tiny_pipeline_dir, steps=1)
+        return callback.history
+
+    first, second = job(), job()
+    assert sampled == [0, 1, 1]  # the second job sampled only its end, not step 0 again
+    assert first[0] == second[0]  # the same step-0 value
+    assert len(list((tmp_path / "kid_cache").glob("*.json"))) == 1
+    job(seed=1)  # other noise: another measurement of the base
+    assert sampled == [0, 1, 1, 0, 1]
+
+
 def test_callback_clamps_a_budget_larger_than_the_held_out_set(tiny_pipeline_dir):
     callback = KIDCallback(every_n_steps=10, num_samples=4, num_real=50, subset_size=100,
                            num_inference_steps=1)  # fmt: skip

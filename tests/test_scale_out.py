@@ -13,6 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+from PIL import Image
 from safetensors.torch import load_file
 from test_train import CONF, ROOT, compose_train, shrink
 
@@ -84,6 +85,26 @@ def test_ready_sweeps_compose_as_multiruns():
     assert scale.guidance.guide._target_ == "difftune.guidance.Guidance"
     assert "OptunaSweeper" in optuna.hydra.sweeper._target_
     assert optuna.objective == "val/kid_small" and optuna.hydra.sweeper.direction == "minimize"
+
+
+@pytest.mark.slow
+def test_a_guidance_scale_sweep_leaves_one_labelled_montage(tmp_path):
+    result = run_cli(
+        "-m", "guidance=color", "guidance.scale=0,60", "num_images=4", "batch_size=4",
+        "num_inference_steps=3", f"hydra.sweep.dir={tmp_path}", script="sample.py",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    grids = [Image.open(tmp_path / job / "grid.png").convert("RGB") for job in ("0", "1")]
+    montage = Image.open(tmp_path / "montage.png").convert("RGB")
+    factor = 256 // grids[0].width + (256 % grids[0].width > 0)  # enlarged to >= 256 px
+    side = grids[0].width * factor
+    assert montage.size == (2 * side + 8, 28 + side)
+    for k, grid in enumerate(grids):  # each job's grid, enlarged, under its overrides
+        panel = montage.crop((k * (side + 8), 28, k * (side + 8) + side, 28 + side))
+        assert list(panel.resize(grid.size, Image.Resampling.NEAREST).getdata()) == list(
+            grid.getdata()
+        )
+    assert [r["status"] for r in summary_rows(tmp_path)] == ["completed", "completed"]
 
 
 @pytest.mark.slow

@@ -34,6 +34,34 @@ def to_pil_list(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
 
 
+def montage(
+    panels: list[tuple[str, Image.Image]], title: str | None = None, gap: int = 8
+) -> Image.Image:
+    """Pictures side by side on white, each under its label, all under a title line."""
+    from PIL import ImageDraw
+
+    line = 14
+    top = line * (2 if title else 1)
+    width = sum(p.width for _, p in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, top + max(p.height for _, p in panels)), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((2, 1), title, fill="black")
+    left = 0
+    for label, picture in panels:
+        canvas.paste(picture, (left, top))
+        draw.text((left + 2, top - line + 1), label, fill="black")
+        left += picture.width + gap
+    return canvas
+
+
+def enlarged(picture: Image.Image, factor: int) -> Image.Image:
+    """`picture` scaled by a whole `factor` with nearest neighbours (pixels stay sharp squares)."""
+    return picture.resize(
+        (picture.width * factor, picture.height * factor), Image.Resampling.NEAREST
+    )
+
+
 def save_panels(
     panels: list[tuple[str, torch.Tensor]],
     path: str | Path,
@@ -46,27 +74,13 @@ def save_panels(
     Images smaller than `min_side` are enlarged by a whole factor with nearest-neighbour
     resampling, so a 32 px grid is readable and each pixel stays a sharp square.
     """
-    from PIL import ImageDraw
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scale = max(1, math.ceil(min_side / panels[0][1].shape[-1]))
-    grids = []
-    for _, x in panels:
+    pictures = []
+    for label, x in panels:
         nrow = max(1, math.ceil(math.sqrt(x.shape[0])))
         grid = to_pil_list(torchvision.utils.make_grid(to_unit(x).float().cpu(), nrow=nrow) * 2 - 1)
-        grids.append(grid[0].resize((grid[0].width * scale, grid[0].height * scale), 0))
-    line = 14
-    top = line * (2 if title else 1)
-    width = sum(g.width for g in grids) + gap * (len(grids) - 1)
-    canvas = Image.new("RGB", (width, top + max(g.height for g in grids)), "white")
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((2, 1), title, fill="black")
-    left = 0
-    for (label, _), grid in zip(panels, grids, strict=True):
-        canvas.paste(grid, (left, top))
-        draw.text((left + 2, top - line + 1), label, fill="black")
-        left += grid.width + gap
-    canvas.save(path)
+        pictures.append((label, enlarged(grid[0], scale)))
+    montage(pictures, title, gap).save(path)
     return path

@@ -2,7 +2,8 @@
 
 Each job, finished or failed, leaves `<sweep dir>/.summary/<job>.json`; after every job the
 tables `summary.csv` and `summary.md` are rebuilt from all of them (overrides, status, final
-train/val loss, KID/FID when measured, wall time, run directory). Written by rank 0 only.
+train/val loss, KID/FID when measured, wall time, run directory), and a sample.py sweep's grids
+are put side by side, labelled by their overrides, in `montage.png`. Written by rank 0 only.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -75,6 +77,27 @@ def write_tables(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
         tmp.replace(sweep_dir / name)
 
 
+def write_montage(sweep_dir: Path, rows: list[dict[str, Any]], min_width: int = 256) -> None:
+    """`montage.png`: each completed job's `grid.png` (sample.py's) under its overrides."""
+    from PIL import Image
+
+    from difftune.images import enlarged, montage
+
+    grids = [
+        (row["overrides"], Path(row["path"]) / "grid.png")
+        for row in sorted(rows, key=lambda r: r["job"])
+        if row["status"] == "completed" and (Path(row["path"]) / "grid.png").is_file()
+    ]
+    if len(grids) < 2:
+        return
+    pictures = [(label, Image.open(path).convert("RGB")) for label, path in grids]
+    factor = max(1, math.ceil(min_width / pictures[0][1].width))
+    panels = [(label, enlarged(picture, factor)) for label, picture in pictures]
+    tmp = sweep_dir / f".montage.png.tmp{os.getpid()}.png"
+    montage(panels, title=f"{sweep_dir.name}: {len(panels)} jobs, the same seed").save(tmp)
+    tmp.replace(sweep_dir / "montage.png")
+
+
 class SweepSummary(Callback):
     """Hydra callback (`hydra.callbacks`): the multirun summary tables; no-op for single runs."""
 
@@ -96,3 +119,4 @@ class SweepSummary(Callback):
         (rows_dir / f"{job:04d}.json").write_text(json.dumps(row))
         rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
         write_tables(sweep_dir, rows)
+        write_montage(sweep_dir, rows)

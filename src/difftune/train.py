@@ -9,6 +9,7 @@ from typing import Any
 import hydra
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
@@ -51,6 +52,8 @@ def build(cfg: DictConfig) -> tuple[ImageDataModule, DiffusionFineTuner, Trainer
     Built cheapest first, so a value a library rejects is reported before the UNet loads.
     """
     callbacks: list[Callback] = instantiate_all(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if cfg.get("ema") is not None:  # before last.ckpt's writer: it saves the step's average too
         final = [i for i, c in enumerate(callbacks) if isinstance(c, FinalCheckpoint)]
         callbacks.insert(final[0] if final else len(callbacks), hydra.utils.instantiate(cfg.ema))

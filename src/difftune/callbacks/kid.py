@@ -21,6 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
+from difftune.callbacks import kid_cache
 from difftune.callbacks.fixed_noise import sample_fixed_noise
 from difftune.ema import ema_unet
 from difftune.errors import DifftuneError
@@ -55,6 +56,7 @@ class KIDCallback(Callback):
         model_name: str = "ViT-B-32",
         pretrained: str | None = "openai",
         prefix: str = "val",
+        cache_dir: str | None = None,
     ) -> None:
         if every_n_steps < 1:
             raise DifftuneError(f"callbacks.kid.every_n_steps={every_n_steps} must be >= 1")
@@ -78,6 +80,7 @@ class KIDCallback(Callback):
         self.model_name = model_name
         self.pretrained = pretrained
         self.prefix = prefix
+        self.cache_dir = cache_dir  # the step-0 (base model) KID, shared by a sweep's jobs
         self.history: list[tuple[int, float]] = []  # (optimizer step, KID mean)
         self.seconds = 0.0  # wall time spent here, reported against the whole fit
         self.extractor: nn.Module | None = None
@@ -150,6 +153,28 @@ class KIDCallback(Callback):
         )  # fmt: skip
         return to_unit(x_0).float()
 
+    def _measure(
+        self, trainer: Trainer, pl_module: LightningModule, real: torch.Tensor
+    ) -> dict[str, float]:
+        """Sample and measure KID (and FID) against the real features."""
+        fake = extract_features(self.extractor, self._generate(trainer, pl_module), self.batch_size)
+        name = f"{self.prefix}/kid_{self.feature_name}"
+        mean, std = kid_from_features(real, fake, self._subset_size, self.subsets, self.seed)
+        metrics = {name: mean, f"{name}_std": std}
+        if self.fid:
+            metrics[f"{self.prefix}/fid_{self.feature_name}"] = fid_from_features(real, fake)
+        return metrics
+
+    def _cache_key(self, trainer: Trainer, pl_module: LightningModule, real: torch.Tensor) -> str:
+        """What the step-0 KID depends on: sampling weights, real features, settings."""
+        settings = {
+            "features": self.feature_name, "num_samples": self.num_samples,
+            "steps": self.num_inference_steps, "seed": self.seed, "size": self.image_size,
+            "subset_size": self._subset_size, "subsets": self.subsets, "fid": self.fid,
+            "prefix": self.prefix, "schedule": dict(pl_module.noise_scheduler.config),
+        }  # fmt: skip
+        return kid_cache.cache_key(ema_unet(trainer) or pl_module.unet, real, settings)
+
     @rank_zero_only
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         """Sample, measure, log and record the distances at the current step."""
@@ -159,13 +184,17 @@ class KIDCallback(Callback):
         if self.extractor is None:
             self.setup(trainer, pl_module, "fit")
         real = self._real_features(trainer)
-        fake = extract_features(self.extractor, self._generate(trainer, pl_module), self.batch_size)
-        name = f"{self.prefix}/kid_{self.feature_name}"
-        mean, std = kid_from_features(real, fake, self._subset_size, self.subsets, self.seed)
-        metrics = {name: mean, f"{name}_std": std}
-        if self.fid:
-            metrics[f"{self.prefix}/fid_{self.feature_name}"] = fid_from_features(real, fake)
-        self.history.append((step, mean))
+        cached_as = None
+        if step == 0 and self.cache_dir:
+            cached_as = self._cache_key(trainer, pl_module, real)
+        metrics = kid_cache.read(self.cache_dir, cached_as) if cached_as else None
+        if metrics is not None:
+            log.info("step 0: the base model's KID from %s (%s.json)", self.cache_dir, cached_as)
+        else:
+            metrics = self._measure(trainer, pl_module, real)
+            if cached_as:
+                kid_cache.write(self.cache_dir, cached_as, metrics)
+        self.history.append((step, metrics[f"{self.prefix}/kid_{self.feature_name}"]))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         for key, value in metrics.items():
