@@ -64,7 +64,9 @@ def test_hub_dataset_subset_and_revision_reach_load_dataset(monkeypatch, tmp_pat
         source="hf", dataset_name="user/faces", subset="256px", revision="v1.0", image_size=8
     )
     dm.setup()
-    assert calls == [("user/faces", "256px", {"split": "train", "revision": "v1.0"})]
+    assert calls == [
+        ("user/faces", "256px", {"split": "train", "revision": "v1.0", "streaming": False})
+    ]
     assert dm.num_train + dm.num_val == 6
 
 
@@ -76,3 +78,50 @@ def test_hub_dataset_failure_names_the_keys(monkeypatch) -> None:
     dm = ImageDataModule(source="hf", dataset_name="user/faces", subset="nope", image_size=8)
     with pytest.raises(DifftuneError, match=r"data.subset='nope'.*BuilderConfig 'nope' not found"):
         dm.setup()
+
+
+def test_a_streamed_dataset_holds_out_its_first_images_and_reshuffles_each_epoch(tmp_path):
+    """data.streaming=true reads a (here: local) dataset as a stream: nothing loaded up front."""
+    folder = write_folder(tmp_path / "photos", 20)
+    dm = ImageDataModule(
+        source="hf", dataset_name=str(folder), streaming=True, val_size=4, image_size=8,
+        batch_size=4, shuffle_buffer=32, flip=False,
+    )  # fmt: skip
+    dm.setup()
+    assert len(dm.val_dataset) == 4
+    val = [tuple(x.flatten()[:3].tolist()) for x in dm.val_dataset]
+    loader = dm.train_dataloader()
+    epochs = [[tuple(x.flatten()[:3].tolist()) for b in loader for x in b["images"]]
+              for _ in range(2)]  # fmt: skip
+    assert len(epochs[0]) == len(epochs[1]) == 16  # every other image, once per epoch
+    assert sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]  # reshuffled
+    assert not set(val) & set(epochs[0])  # the held-out images are never trained on
+    again = ImageDataModule(
+        source="hf", dataset_name=str(folder), streaming=True, val_size=4, image_size=8,
+        batch_size=4, shuffle_buffer=32, flip=False,
+    )  # fmt: skip
+    again.setup()
+    first = [tuple(x.flatten()[:3].tolist()) for b in again.train_dataloader() for x in b["images"]]
+    assert first == epochs[0]  # the same seed: the same stream order
+
+
+def test_streaming_is_for_hub_datasets(tmp_path):
+    with pytest.raises(DifftuneError, match=r"data.streaming=true with data.source='imagefolder'"):
+        ImageDataModule(source="imagefolder", data_dir=str(tmp_path), streaming=True)
+
+
+@pytest.mark.slow
+def test_train_py_fine_tunes_from_a_stream(tmp_path, tiny_pipeline_dir):
+    from test_train import compose_train, shrink
+
+    from difftune.train import train
+
+    folder = write_folder(tmp_path / "photos", 24)
+    cfg = compose_train(
+        f"model.pretrained={tiny_pipeline_dir}", "data=hf", f"data.dataset_name={folder}",
+        "data.streaming=true", "data.val_size=4", "data.image_size=16", "data.num_workers=0",
+        output_dir=tmp_path / "run",
+    )  # fmt: skip
+    metrics = train(shrink(cfg, steps=3))
+    assert 0 < metrics["train/loss"] < 2 and "val/loss" in metrics
+    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()

@@ -63,3 +63,24 @@ def test_random_crops_stay_inside_the_image():
     for _ in range(50):
         out = decode_image(data, 64, random_crop=True)
         assert isinstance(out, torch.Tensor) and out.shape == (3, 64, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [64, 128])
+def test_a_folder_of_640x427_photos_trains(size, tmp_path, tiny_pipeline_dir):
+    """Such a folder used to be refused outright: "no decodable image"."""
+    from test_train import compose_train, shrink
+
+    from difftune.train import train
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"IMG_{i:04d}.JPG").write_bytes(photo(640, 427, "JPEG"))
+    cfg = compose_train(
+        f"model.pretrained={tiny_pipeline_dir}", "data=imagefolder", f"data.data_dir={folder}",
+        f"data.image_size={size}", "data.batch_size=2", "data.num_workers=0",
+        output_dir=tmp_path / "run",
+    )  # fmt: skip
+    metrics = train(shrink(cfg, steps=2))
+    assert metrics["data/skipped"] == 0 and 0 < metrics["train/loss"] < 2

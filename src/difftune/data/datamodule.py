@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from difftune.data.decode import DecodedImageDataset, ImageSource, decode_image, make_collate
 from difftune.data.resumable import EpochShuffle, ResumableDataLoader, SeededAugmentation
 from difftune.data.sources import IMAGE_EXTENSIONS, list_image_files, load_hf_records
+from difftune.data.streaming import StreamedImages, stream_split
 from difftune.data.synthetic import STYLES, SyntheticStyleDataset
 from difftune.errors import DifftuneError
 
@@ -59,6 +60,8 @@ class ImageDataModule(pl.LightningDataModule):
         max_images: int | None = None,
         persistent_workers: bool | None = None,
         pin_memory: bool | None = None,
+        streaming: bool = False,
+        shuffle_buffer: int = 1000,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -70,6 +73,12 @@ class ImageDataModule(pl.LightningDataModule):
         _check_int("num_images", num_images, 1)
         _check_int("seed", seed, 0)
         _check_int("max_images", max_images, 1, allow_none=True)
+        _check_int("shuffle_buffer", shuffle_buffer, 1)
+        if streaming and source != "hf":
+            raise DifftuneError(
+                f"data.streaming=true with data.source={source!r}: only hub datasets (data=hf, "
+                "vintage_faces, wikiart) stream; a folder is on disk already"
+            )
         if style not in STYLES:
             raise DifftuneError(f"data.style={style!r} is not one of {', '.join(STYLES)}")
         if source == "hf" and not dataset_name:
@@ -93,6 +102,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.num_workers, self.val_size, self.seed = num_workers, val_size, seed
         self.flip, self.random_crop, self.style = flip, random_crop, style
         self.num_images, self.max_images = num_images, max_images
+        self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
         self.persistent_workers = num_workers > 0 and persistent_workers is not False
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.train_dataset: Dataset | None = None
@@ -100,8 +110,8 @@ class ImageDataModule(pl.LightningDataModule):
         self._records: Sequence[ImageSource] | None = None
 
     def prepare_data(self) -> None:
-        """Download (hub datasets) once per node, before `setup`."""
-        if self.source == "hf":
+        """Download (hub datasets) once per node, before `setup`; a stream downloads nothing."""
+        if self.source == "hf" and not self.streaming:
             self._load_records()
 
     def _load_records(self) -> Sequence[ImageSource]:
@@ -165,6 +175,8 @@ class ImageDataModule(pl.LightningDataModule):
         """Build the train/val datasets (idempotent)."""
         if self.train_dataset is not None:
             return
+        if self.streaming:
+            return self._setup_stream()
         if self.source == "synthetic":
             n = min(self.num_images, self.max_images or self.num_images)
             train_base = SyntheticStyleDataset(n, self.image_size, self.style, self.seed, self.flip)
@@ -181,6 +193,25 @@ class ImageDataModule(pl.LightningDataModule):
         log.info(
             "data %s: %d images, %d train / %d validation (data.val_size=%s)",
             self.source, n, len(train_idx), len(val_idx), self.val_size,
+        )  # fmt: skip
+
+    def _setup_stream(self) -> None:
+        """A streamed dataset: its first `val_size` (default 64) records are held out."""
+        held = VAL_CAP if self.val_size is None else self.val_size
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        stream, val_records = stream_split(
+            self.dataset_name, self.split, self.image_column, self.subset, self.revision,
+            held, rank, world,
+        )  # fmt: skip
+        self.train_dataset = StreamedImages(
+            stream, self.image_column, self.image_size, self.flip, self.random_crop, self.seed,
+            self.shuffle_buffer,
+        )  # fmt: skip
+        self.val_dataset = DecodedImageDataset(val_records, self.image_size)
+        log.info(
+            "data hf (streamed): the first %d images held out for validation, the rest streamed "
+            "through a shuffle buffer of %d", len(val_records), self.shuffle_buffer,
         )  # fmt: skip
 
     @property
@@ -223,6 +254,12 @@ class ImageDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled (reproducibly, by `seed`) training batches with flips/crops as configured."""
         self.setup()
+        if self.streaming:  # the stream shuffles itself; persistent workers keep their epochs
+            return DataLoader(
+                self.train_dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                collate_fn=make_collate(self.image_size), pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )  # fmt: skip
         return self._loader(self.train_dataset, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from difftune.data.decode import ImageSource
 from difftune.errors import DifftuneError
@@ -51,6 +52,62 @@ class HFImageRecords(Sequence):
         return value.get("bytes") or value.get("path") or b""
 
 
+def _image_column(ds: Any, dataset_name: str, image_column: str) -> Any:
+    """`ds` with only its image column, left undecoded; one line when there is no such column."""
+    import datasets
+
+    columns = list(ds.column_names or [])
+    if image_column not in columns:
+        raise DifftuneError(
+            f"data.image_column={image_column!r} is not one of {', '.join(columns)} "
+            f"(columns of {dataset_name})"
+        )
+    try:
+        return ds.select_columns([image_column]).cast_column(
+            image_column, datasets.Image(decode=False)
+        )
+    except Exception as exc:
+        raise DifftuneError(
+            f"data.image_column={image_column!r} of {dataset_name} is not an image column: "
+            f"{_one_line(str(exc))}"
+        ) from exc
+
+
+def _load(
+    dataset_name: str, split: str, subset: str | None, revision: str | None, streaming: bool
+) -> Any:
+    """`datasets` loads a hub dataset, a local hub-style folder or a `save_to_disk` dir."""
+    import datasets  # slow import, only needed for this source
+
+    try:
+        path = Path(dataset_name).expanduser()
+        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            if streaming:
+                raise DifftuneError(
+                    f"data.streaming=true: {dataset_name} is a save_to_disk dir, already on "
+                    "disk; drop data.streaming"
+                )
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DifftuneError(
+                        f"data.split={split!r} is not one of {', '.join(ds)} in {dataset_name}"
+                    )
+                ds = ds[split]
+            return ds
+        return datasets.load_dataset(
+            dataset_name, subset, split=split, revision=revision, streaming=streaming
+        )
+    except DifftuneError:
+        raise
+    except Exception as exc:
+        raise DifftuneError(
+            f"could not load data.dataset_name={dataset_name!r} (data.subset={subset!r}, "
+            f"data.split={split!r}, data.revision={revision!r}): "
+            f"{type(exc).__name__}: {_one_line(str(exc))}; {_OFFLINE_HINT}"
+        ) from exc
+
+
 def load_hf_records(
     dataset_name: str,
     split: str,
@@ -60,40 +117,17 @@ def load_hf_records(
 ) -> HFImageRecords:
     """Load a hub dataset (its `subset` config at `revision`), a local hub-style folder or a
     `save_to_disk` dir, without decoding."""
-    import datasets  # slow import, only needed for this source
+    ds = _load(dataset_name, split, subset, revision, streaming=False)
+    return HFImageRecords(_image_column(ds, dataset_name, image_column), image_column)
 
-    try:
-        path = Path(dataset_name).expanduser()
-        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
-            ds = datasets.load_from_disk(str(path))
-            if isinstance(ds, datasets.DatasetDict):
-                if split not in ds:
-                    raise DifftuneError(
-                        f"data.split={split!r} is not one of {', '.join(ds)} in {dataset_name}"
-                    )
-                ds = ds[split]
-        else:
-            ds = datasets.load_dataset(dataset_name, subset, split=split, revision=revision)
-    except DifftuneError:
-        raise
-    except Exception as exc:
-        raise DifftuneError(
-            f"could not load data.dataset_name={dataset_name!r} (data.subset={subset!r}, "
-            f"data.split={split!r}, data.revision={revision!r}): "
-            f"{type(exc).__name__}: {_one_line(str(exc))}; {_OFFLINE_HINT}"
-        ) from exc
-    if image_column not in ds.column_names:
-        raise DifftuneError(
-            f"data.image_column={image_column!r} is not one of {', '.join(ds.column_names)} "
-            f"(columns of {dataset_name})"
-        )
-    try:
-        ds = ds.select_columns([image_column]).cast_column(
-            image_column, datasets.Image(decode=False)
-        )
-    except Exception as exc:
-        raise DifftuneError(
-            f"data.image_column={image_column!r} of {dataset_name} is not an image column: "
-            f"{_one_line(str(exc))}"
-        ) from exc
-    return HFImageRecords(ds, image_column)
+
+def open_hf_stream(
+    dataset_name: str,
+    split: str,
+    image_column: str,
+    subset: str | None = None,
+    revision: str | None = None,
+) -> Any:
+    """The dataset as a `datasets.IterableDataset` of undecoded images: nothing downloaded first."""
+    ds = _load(dataset_name, split, subset, revision, streaming=True)
+    return _image_column(ds, dataset_name, image_column)
