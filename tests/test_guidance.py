@@ -12,8 +12,8 @@ from diffusers import DDIMScheduler
 import difftune.guidance.clip as clip_module
 from difftune.errors import DifftuneError
 from difftune.guidance import SCHEDULES, ClipLoss, ColorLoss, Guidance, GuidanceError
-from difftune.guidance.guide import eps_shift_to_output, predict_x0, to_epsilon
 from difftune.pipeline_io import load_noise_scheduler, load_unet
+from difftune.prediction import eps_shift_to_output, predict_x0, to_epsilon
 from difftune.sampling import sample
 
 TINY_CLIP = "difftune-tiny-clip"

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from difftune.ema import EMA, ema_decay, ema_unet
 from difftune.errors import DifftuneError
-from difftune.module import DiffusionFineTuner, training_target
+from difftune.module import DiffusionFineTuner
+from difftune.prediction import training_target
 
 
 def sgd(lr: float = 1.0):
@@ -203,3 +204,22 @@ def test_offset_noise_adds_one_shared_shift_per_image_and_channel():
 def test_negative_noise_offset_is_rejected():
     with pytest.raises(DifftuneError, match="model.noise_offset=-0.1 must be >= 0"):
         DiffusionFineTuner(make_tiny_unet(), DDPMScheduler(), optimizer=sgd(), noise_offset=-0.1)
+
+
+@pytest.mark.parametrize(
+    ("prediction_type", "expected"),
+    [
+        ("epsilon", lambda snr: torch.minimum(snr, torch.tensor(5.0)) / snr),
+        ("v_prediction", lambda snr: torch.minimum(snr, torch.tensor(5.0)) / (snr + 1)),
+        ("sample", lambda snr: torch.minimum(snr, torch.tensor(5.0))),
+    ],
+)
+def test_min_snr_weights_for_each_prediction_target(prediction_type, expected):
+    """Hang et al. 2023, eq. 9: min(SNR, γ) expressed for the ε, v or x0 target."""
+    from difftune.prediction import min_snr_weights
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    t = torch.tensor([10, 300, 900])
+    alpha_bar = scheduler.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    torch.testing.assert_close(min_snr_weights(scheduler, t, 5.0), expected(snr))

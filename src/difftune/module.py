@@ -14,44 +14,14 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from difftune.data.skip_report import SkipReport
 from difftune.errors import DifftuneError
+from difftune.prediction import check_prediction_type, min_snr_weights, training_target
 
 log = logging.getLogger(__name__)
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 NONFINITE_POLICIES = ("skip", "stop")
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 LRSchedulerFactory = Callable[[Optimizer], LRScheduler]
-
-
-def training_target(
-    scheduler: SchedulerMixin, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
-) -> torch.Tensor:
-    """What the UNet must predict for `x_t = add_noise(x_0, noise, t)`, by `prediction_type`."""
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":  # Salimans & Ho 2022, v = √ᾱ·ε − √(1−ᾱ)·x_0
-        return scheduler.get_velocity(x_0, noise, t)
-    if prediction_type == "sample":
-        return x_0
-    raise DifftuneError(
-        f"scheduler prediction_type='{prediction_type}' is not one of {', '.join(PREDICTION_TYPES)}"
-    )
-
-
-def min_snr_weights(
-    alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str
-) -> torch.Tensor:
-    """Min-SNR-γ loss weights (Hang et al. 2023, Eq. 9), expressed for the prediction target."""
-    alpha_prod_t = alphas_cumprod.to(t.device)[t].float()
-    snr = alpha_prod_t / (1 - alpha_prod_t)
-    clipped = snr.clamp(max=gamma)
-    if prediction_type == "epsilon":
-        return clipped / snr
-    if prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    return clipped
 
 
 class DiffusionFineTuner(LightningModule):
@@ -71,12 +41,7 @@ class DiffusionFineTuner(LightningModule):
         max_consecutive_nonfinite: int = 10,
     ) -> None:
         super().__init__()
-        prediction_type = noise_scheduler.config.prediction_type
-        if prediction_type not in PREDICTION_TYPES:
-            raise DifftuneError(
-                f"scheduler prediction_type='{prediction_type}' is not one of "
-                f"{', '.join(PREDICTION_TYPES)}"
-            )
+        check_prediction_type(noise_scheduler.config.prediction_type)
         self.unet = unet.train()  # from_pretrained returns eval mode; Lightning keeps modes
         self.noise_scheduler = noise_scheduler
         self.optimizer_factory = optimizer
@@ -143,12 +108,7 @@ class DiffusionFineTuner(LightningModule):
         if self.snr_gamma is None:
             return F.mse_loss(model_output.float(), target.float())
         per_image = F.mse_loss(model_output.float(), target.float(), reduction="none")
-        weights = min_snr_weights(
-            self.noise_scheduler.alphas_cumprod,
-            t,
-            self.snr_gamma,
-            self.noise_scheduler.config.prediction_type,
-        )
+        weights = min_snr_weights(self.noise_scheduler, t, self.snr_gamma)
         return (per_image.mean(dim=(1, 2, 3)) * weights).mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

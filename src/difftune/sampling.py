@@ -9,8 +9,9 @@ from typing import Any
 import torch
 
 from difftune.errors import DifftuneError
-from difftune.guidance.guide import Guidance, alphas_at, apply_guidance, predict_x0
+from difftune.guidance.guide import Guidance, alphas_at, apply_guidance
 from difftune.guidance.x0_clip import scheduler_x0_clip
+from difftune.prediction import predict_x0
 
 
 def _unet_output(

@@ -35,7 +35,10 @@ def _is_rank_zero() -> bool:
 def job_row(job: int, job_return: JobReturn, seconds: float, path: str) -> dict[str, Any]:
     """One summary row: what the job was asked, how it ended and its final numbers."""
     failed = job_return.status != JobStatus.COMPLETED
-    result = job_return._return_value  # .return_value re-raises a failed job's exception
+    try:
+        result = job_return.return_value  # re-raises a failed job's exception
+    except Exception as err:
+        result = err
     final = Path(path) / "final_metrics.json"  # train.py's; sample.py returns its own dict
     if failed:
         values = {}

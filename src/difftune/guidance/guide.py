@@ -10,6 +10,7 @@ import torch
 
 from difftune.errors import DifftuneError
 from difftune.guidance.x0_clip import X0Clip
+from difftune.prediction import eps_shift_to_output, predict_x0, to_epsilon
 
 
 class GuidanceError(DifftuneError, ValueError):
@@ -40,7 +41,6 @@ SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sqrt_one_minus_alpha_bar": _sqrt_one_minus_alpha_bar,
 }
 APPLY_TO = ("x", "eps")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def alphas_at(
@@ -48,45 +48,6 @@ def alphas_at(
 ) -> torch.Tensor:
     """ᾱ_t = scheduler.alphas_cumprod[t] for each timestep t (never indexed by the loop step)."""
     return scheduler.alphas_cumprod.to(device)[timesteps.to(device).long()]
-
-
-def predict_x0(
-    model_output: torch.Tensor, x_t: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
-) -> torch.Tensor:
-    """x̂0 from the model output: DDIM eq. 12 (epsilon), Salimans & Ho 2022 (v), or direct."""
-    if prediction_type == "epsilon":
-        return (x_t - (1 - alpha_prod_t) ** 0.5 * model_output) / alpha_prod_t**0.5
-    if prediction_type == "v_prediction":
-        return alpha_prod_t**0.5 * x_t - (1 - alpha_prod_t) ** 0.5 * model_output
-    if prediction_type == "sample":
-        return model_output
-    raise GuidanceError(f"prediction_type={prediction_type!r}: expected one of {PREDICTION_TYPES}")
-
-
-def to_epsilon(
-    model_output: torch.Tensor, x_t: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
-) -> torch.Tensor:
-    """ε̂ from the model output, inverting x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (Ho et al. 2020, eq. 4)."""
-    if prediction_type == "epsilon":
-        return model_output
-    if prediction_type == "v_prediction":
-        return alpha_prod_t**0.5 * model_output + (1 - alpha_prod_t) ** 0.5 * x_t
-    if prediction_type == "sample":
-        return (x_t - alpha_prod_t**0.5 * model_output) / (1 - alpha_prod_t) ** 0.5
-    raise GuidanceError(f"prediction_type={prediction_type!r}: expected one of {PREDICTION_TYPES}")
-
-
-def eps_shift_to_output(
-    delta_eps: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
-) -> torch.Tensor:
-    """The model-output change that shifts ε̂ by delta_eps at a fixed x_t."""
-    if prediction_type == "epsilon":
-        return delta_eps
-    if prediction_type == "v_prediction":
-        return delta_eps / alpha_prod_t**0.5
-    if prediction_type == "sample":
-        return -delta_eps * (1 - alpha_prod_t) ** 0.5 / alpha_prod_t**0.5
-    raise GuidanceError(f"prediction_type={prediction_type!r}: expected one of {PREDICTION_TYPES}")
 
 
 class Guidance:
