@@ -60,6 +60,19 @@ def resume_hint(ckpt_dir: Path) -> str:
     return f"nothing was replaced: free space, then resume with ckpt_path={kept}"
 
 
+def state_dict_mismatch(
+    expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, mis-shaped) keys of `saved` against `expected`, before any load:
+    `load_state_dict(strict=False)` would raise on the first shape and load the rest."""
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    mismatched = [
+        k for k in expected if k in saved and tuple(saved[k].shape) != tuple(expected[k].shape)
+    ]
+    return missing, unexpected, mismatched
+
+
 def check_checkpoint_matches(ckpt_path: _PATH, module: torch.nn.Module) -> None:
     """A checkpoint of another architecture is one clear error, not a partial load; one whose
     optimizer settings differ from the module's gets a warning (resuming restores them)."""
@@ -76,9 +89,7 @@ def check_checkpoint_matches(ckpt_path: _PATH, module: torch.nn.Module) -> None:
             f"ckpt_path={ckpt_path}: no state_dict in it; not a difftune checkpoint"
         )
     expected = module.state_dict()
-    missing = [k for k in expected if k not in saved]
-    unexpected = [k for k in saved if k not in expected]
-    mismatched = [k for k in expected if k in saved and saved[k].shape != expected[k].shape]
+    missing, unexpected, mismatched = state_dict_mismatch(expected, saved)
     if missing or unexpected or mismatched:
         example = (
             f"{mismatched[0]} is {tuple(saved[mismatched[0]].shape)} there, "

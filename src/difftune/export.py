@@ -24,6 +24,7 @@ from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from omegaconf import OmegaConf
 
+from difftune.checkpoint_io import state_dict_mismatch
 from difftune.cli import exit_on_user_error, user_error
 from difftune.disk import reported_writes
 from difftune.errors import DifftuneError
@@ -112,12 +113,7 @@ def build_from_base(base: str) -> tuple[UNet2DModel, SchedulerMixin]:
 
 def load_strictly(unet: UNet2DModel, weights: dict[str, torch.Tensor], path: Path, built: str):
     """All of the checkpoint's weights into `unet`, or a one-line error: never a partial load."""
-    expected = unet.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    reshaped = [
-        k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)
-    ]
+    missing, unexpected, reshaped = state_dict_mismatch(unet.state_dict(), weights)
     if missing or unexpected or reshaped:
         problems = [
             f"{len(keys)} {what} (e.g. {keys[0]})"
