@@ -6,15 +6,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from difftune.cli import exit_on_user_error, preflight
-from difftune.quiet import one_copy_of_lightning_logs, silence_third_party
-from difftune.resume import continue_in_its_dir
+from difftune.run.cli import exit_on_user_error, preflight
+from difftune.run.quiet import one_copy_of_lightning_logs, silence_third_party
+from difftune.run.resume import continue_in_its_dir
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> dict[str, float] | float:
-    from difftune.train import objective, train  # here: `--help` and bad input need none of it
+    from difftune.run.train import objective, train  # here: `--help` and bad input need none of it
 
     one_copy_of_lightning_logs()
 

@@ -15,7 +15,7 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from difftune.module import DiffusionFineTuner
+from difftune.core.module import DiffusionFineTuner
 
 CELEBAHQ_256 = dict(
     in_channels=3, out_channels=3, layers_per_block=2,

@@ -21,8 +21,8 @@ from diffusers import DDIMScheduler, UNet2DModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from article_loops import article_clip_loop, article_color_loop, article_tfms  # noqa: E402
 
+from difftune.core.sampling import sample  # noqa: E402
 from difftune.guidance import ClipLoss, ColorLoss, Guidance  # noqa: E402
-from difftune.sampling import sample  # noqa: E402
 
 BENCH_CLIP = "difftune-bench-clip"  # ViT-B-32 with 4 of its 12 layers (random weights)
 

@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 
-from difftune.module import DiffusionFineTuner
+from difftune.core.module import DiffusionFineTuner
 
 
 def make_unet(seed: int = 0) -> UNet2DModel:

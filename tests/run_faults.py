@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
-import difftune.checkpoint_io as checkpoint_io
+import difftune.hub.checkpoints as checkpoint_io
 
 
 class BlockAt(Callback):

@@ -7,7 +7,7 @@ from PIL import Image
 from test_train import compose_train, shrink
 
 from difftune.callbacks.loss_curve import smooth
-from difftune.train import train
+from difftune.run.train import train
 
 
 def run(tmp_path, tiny_pipeline_dir, *overrides, steps=4):

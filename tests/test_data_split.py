@@ -114,7 +114,7 @@ def test_streaming_is_for_hub_datasets(tmp_path):
 def test_train_py_fine_tunes_from_a_stream(tmp_path, tiny_pipeline_dir):
     from test_train import compose_train, shrink
 
-    from difftune.train import train
+    from difftune.run.train import train
 
     folder = write_folder(tmp_path / "photos", 24)
     cfg = compose_train(

@@ -71,7 +71,7 @@ def test_a_folder_of_640x427_photos_trains(size, tmp_path, tiny_pipeline_dir):
     """Such a folder used to be refused outright: "no decodable image"."""
     from test_train import compose_train, shrink
 
-    from difftune.train import train
+    from difftune.run.train import train
 
     folder = tmp_path / "photos"
     folder.mkdir()

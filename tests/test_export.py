@@ -17,11 +17,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 from test_train import compose_train, shrink
 
-from difftune import hub
+import difftune.hub.push as hub
 from difftune.errors import DifftuneError
-from difftune.export import main
-from difftune.model_card import write_model_card
-from difftune.train import train
+from difftune.hub.export import main
+from difftune.hub.model_card import write_model_card
+from difftune.run.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ def check_push_error(err: DifftuneError, exported: Path, token: str | None = Non
     assert "\n" not in message
     assert f"the local export at {exported} is complete" in message
     assert "`hf auth login`" in message and "HF_TOKEN" in message  # huggingface_hub's CLI now
-    assert f"python -m difftune.export --pipeline {exported} --push-to-hub me/x" in message
+    assert f"python -m difftune.hub.export --pipeline {exported} --push-to-hub me/x" in message
     assert f"`hf upload me/x {exported}`" in message
     if token:
         assert token not in message
@@ -274,7 +274,7 @@ def test_export_command_in_a_subprocess(ema_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     ckpt = ema_run / "checkpoints" / "last.ckpt"
     result = subprocess.run(
-        [sys.executable, "-m", "difftune.export", str(ckpt), "--out", str(out)],
+        [sys.executable, "-m", "difftune.hub.export", str(ckpt), "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

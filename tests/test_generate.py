@@ -1,4 +1,4 @@
-"""`sample.py` / `generate(cfg)`: files written, guidance built from flat keys, bad input."""
+"""`sample.py` / `sample_images(cfg)`: files written, guidance built from flat keys, bad input."""
 
 import subprocess
 import sys
@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from difftune.errors import DifftuneError
-from difftune.generate import generate
 from difftune.guidance import ColorLoss, Guidance
-from difftune.images import save_grid
+from difftune.pictures.images import save_grid
+from difftune.run.sample_images import sample_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_sampling_a_local_pipeline_writes_grid_images_and_progression(tiny_pipel
         f"pretrained={tiny_pipeline_dir}", "num_images=5", "batch_size=2", "num_inference_steps=6",
         "progression_every=2", "image_size=24", "guidance=color", output_dir=tmp_path,
     )  # fmt: skip
-    grid = generate(cfg)
+    grid = sample_images(cfg)
     images = sorted((tmp_path / "images").iterdir())
     assert [p.name for p in images] == [f"{i:04d}.png" for i in range(5)]
     assert Image.open(images[0]).size == (24, 24) and Image.open(images[0]).mode == "RGB"
@@ -42,8 +42,8 @@ def test_a_guided_sample_writes_the_unguided_grid_of_the_same_noise_beside_it(
 ):
     common = (f"pretrained={tiny_pipeline_dir}", "num_images=4", "batch_size=2",
               "num_inference_steps=4", "scheduler=ddpm")  # fmt: skip
-    generate(compose_sample(*common, "guidance=color", output_dir=tmp_path / "guided"))
-    generate(compose_sample(*common, output_dir=tmp_path / "plain"))
+    sample_images(compose_sample(*common, "guidance=color", output_dir=tmp_path / "guided"))
+    sample_images(compose_sample(*common, output_dir=tmp_path / "plain"))
     guided, plain = tmp_path / "guided", tmp_path / "plain"
     # the same noise (DDPM's per-step noise too): exactly the unguided run's grid
     assert (guided / "grid_unguided.png").read_bytes() == (plain / "grid.png").read_bytes()
@@ -61,7 +61,7 @@ def test_same_seed_same_images_and_a_run_dir_is_a_valid_source(tiny_pipeline_dir
     for name, source in (("a", tiny_pipeline_dir), ("b", run_dir)):
         cfg = compose_sample(f"pretrained={source}", "num_images=2", "num_inference_steps=3",
                              output_dir=tmp_path / name)  # fmt: skip
-        generate(cfg)
+        sample_images(cfg)
         outputs.append((tmp_path / name / "grid.png").read_bytes())
     assert outputs[0] == outputs[1]
 
@@ -79,12 +79,12 @@ def test_flat_guidance_keys_build_the_guidance(tmp_path):
 
 def test_plot_schedules(tiny_pipeline_dir, tmp_path):
     cfg = compose_sample(f"pretrained={tiny_pipeline_dir}", "plot=schedules", output_dir=tmp_path)
-    path = generate(cfg)
+    path = sample_images(cfg)
     assert path.name == "schedules.png" and Image.open(path).size == (800, 450)
 
 
 def test_embedded_default_samples_offline(tmp_path):
-    generate(compose_sample("num_images=4", "num_inference_steps=10", output_dir=tmp_path))
+    sample_images(compose_sample("num_images=4", "num_inference_steps=10", output_dir=tmp_path))
     grid = torch.tensor(list(Image.open(tmp_path / "grid.png").convert("L").getdata()), dtype=float)
     assert grid.std() > 20  # real pictures, not a flat or blank grid
 
@@ -100,7 +100,9 @@ def test_embedded_default_samples_offline(tmp_path):
 )
 def test_bad_input(override, message, tiny_pipeline_dir, tmp_path):
     with pytest.raises(DifftuneError, match=message):
-        generate(compose_sample(f"pretrained={tiny_pipeline_dir}", override, output_dir=tmp_path))
+        sample_images(
+            compose_sample(f"pretrained={tiny_pipeline_dir}", override, output_dir=tmp_path)
+        )
 
 
 def test_empty_prompt_is_one_line_from_the_command_line(tmp_path):

@@ -13,7 +13,7 @@ from test_train import compose_train, shrink
 
 from difftune.guidance import ColorLoss, Guidance
 from difftune.guidance.guide import apply_guidance
-from difftune.train import train
+from difftune.run.train import train
 
 pytestmark = [
     pytest.mark.gpu,

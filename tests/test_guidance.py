@@ -10,11 +10,11 @@ from conftest import SCHEDULERS
 from diffusers import DDIMScheduler
 
 import difftune.guidance.clip as clip_module
+from difftune.core.prediction import eps_shift_to_output, predict_x0, to_epsilon
+from difftune.core.sampling import sample
 from difftune.errors import DifftuneError
 from difftune.guidance import SCHEDULES, ClipLoss, ColorLoss, Guidance, GuidanceError
-from difftune.pipeline_io import load_noise_scheduler, load_unet
-from difftune.prediction import eps_shift_to_output, predict_x0, to_epsilon
-from difftune.sampling import sample
+from difftune.hub.pipelines import load_noise_scheduler, load_unet
 
 TINY_CLIP = "difftune-tiny-clip"
 

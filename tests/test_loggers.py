@@ -7,8 +7,8 @@ from PIL import Image
 from test_train import compose_train, shrink
 
 from difftune.errors import DifftuneError
-from difftune.redaction import redact
-from difftune.train import train
+from difftune.run.redaction import redact
+from difftune.run.train import train
 
 
 def test_tensorboard_logger_writes_events(tmp_path, tiny_pipeline_dir):

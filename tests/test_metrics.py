@@ -12,13 +12,13 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig, open_dict
 
-from difftune import metrics
+import difftune.metrics.distance as metrics
 from difftune.callbacks.kid import KIDCallback
+from difftune.core.module import DiffusionFineTuner
 from difftune.data import ImageDataModule, SyntheticStyleDataset
 from difftune.errors import DifftuneError
-from difftune.metrics import SmallFeatures, distribution_distance, resolve_subset_size
-from difftune.module import DiffusionFineTuner
-from difftune.train import build, train
+from difftune.metrics.distance import SmallFeatures, distribution_distance, resolve_subset_size
+from difftune.run.train import build, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -127,7 +127,7 @@ def test_inception_without_torch_fidelity_is_one_line_with_the_offline_options(m
 
 
 def tiny_fit(callback: KIDCallback, tiny_pipeline_dir: Path, steps: int, val_size: int = 6):
-    from difftune.pipeline_io import load_noise_scheduler, load_unet
+    from difftune.hub.pipelines import load_noise_scheduler, load_unet
 
     module = DiffusionFineTuner(
         unet=load_unet(str(tiny_pipeline_dir)),

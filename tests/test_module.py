@@ -8,10 +8,10 @@ from diffusers import DDPMScheduler
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 
-from difftune.ema import EMA, ema_decay, ema_unet
+from difftune.core.ema import EMA, ema_decay, ema_unet
+from difftune.core.module import DiffusionFineTuner
+from difftune.core.prediction import training_target
 from difftune.errors import DifftuneError
-from difftune.module import DiffusionFineTuner
-from difftune.prediction import training_target
 
 
 def sgd(lr: float = 1.0):
@@ -216,7 +216,7 @@ def test_negative_noise_offset_is_rejected():
 )
 def test_min_snr_weights_for_each_prediction_target(prediction_type, expected):
     """Hang et al. 2023, eq. 9: min(SNR, γ) expressed for the ε, v or x0 target."""
-    from difftune.prediction import min_snr_weights
+    from difftune.core.prediction import min_snr_weights
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
     t = torch.tensor([10, 300, 900])

@@ -11,7 +11,7 @@ from omegaconf import open_dict
 from test_train import ROOT, compose_train, shrink
 
 from difftune.callbacks.grid_budget import plan_grids
-from difftune.train import train
+from difftune.run.train import train
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
 PROGRESS = re.compile(r"step (\d+)/8 loss \d+\.\d+ \d+\.\d img/s eta \d+:\d\d:\d\d$", re.MULTILINE)
@@ -83,13 +83,13 @@ def test_the_grid_logs_its_size_and_seconds_and_a_short_run_gets_a_cheaper_grid(
 
 def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
     code = (
-        "import sys, difftune.train, difftune.generate; "
+        "import sys, difftune.run.train, difftune.run.sample_images; "
         "print(' '.join(m for m in ('open_clip', 'timm', 'wandb') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.split() == [], result.stdout + result.stderr
     code = (  # sampling needs neither Lightning nor torchmetrics nor pyplot
-        "import sys, difftune.generate; "
+        "import sys, difftune.run.sample_images; "
         "print(' '.join(m for m in ('lightning', 'torchmetrics', 'matplotlib.pyplot') "
         "if m in sys.modules))"
     )
@@ -102,7 +102,7 @@ def test_train_py_help_does_not_load_the_training_stack():
         "import runpy, sys; sys.argv = ['train.py', '--help']\n"
         "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
-        "print('LOADED', ' '.join(m for m in ('difftune.train', 'diffusers', 'open_clip') "
+        "print('LOADED', ' '.join(m for m in ('difftune.run.train', 'diffusers', 'open_clip') "
         "if m in sys.modules))"
     )
     result = subprocess.run(

@@ -16,10 +16,10 @@ from omegaconf import open_dict
 from PIL import Image
 from test_train import ROOT, compose_train, shrink
 
+from difftune.core.sampling import sample
 from difftune.data.decode import Skipped, decode_image
-from difftune.export import main as export_main
-from difftune.sampling import sample
-from difftune.train import train
+from difftune.hub.export import main as export_main
+from difftune.run.train import train
 
 # --- a model whose output is not finite -----------------------------------------------------------
 
@@ -113,7 +113,7 @@ def test_non_finite_images_are_named_in_the_per_epoch_report(tmp_path, caplog):
     )  # fmt: skip
     with open_dict(cfg):
         cfg.trainer.update(max_steps=-1, max_epochs=1)
-    with caplog.at_level(logging.WARNING, logger="difftune.module"):
+    with caplog.at_level(logging.WARNING, logger="difftune.core.module"):
         train(cfg)
     reports = [r.getMessage() for r in caplog.records if "undecodable images" in r.getMessage()]
     assert len(reports) == 1 and reports[0].startswith("epoch 0: skipped "), reports

@@ -13,11 +13,11 @@ from omegaconf import open_dict
 from test_generate import compose_sample
 from test_train import CONF, ROOT, compose_train, shrink
 
-from difftune import preflight
-from difftune.cli import exit_on_user_error
-from difftune.generate import generate
-from difftune.preflight import check_command_line
-from difftune.train import train
+import difftune.run.preflight as preflight
+from difftune.run.cli import exit_on_user_error
+from difftune.run.preflight import check_command_line
+from difftune.run.sample_images import sample_images
+from difftune.run.train import train
 
 ENTRY = re.compile(r"^(?:\$ )?(?:\w+=\S+ )*python (train|sample)\.py\b")
 NEEDS_HUB_OR_GPU = re.compile(
@@ -97,7 +97,7 @@ def test_every_offline_readme_command_runs_shortened(command, tmp_path):
         cfg = compose_sample(*overrides, "num_images=2", "batch_size=2", output_dir=tmp_path)
         with open_dict(cfg):
             cfg.num_inference_steps = min(cfg.num_inference_steps, 3)
-        assert generate(cfg).is_file()
+        assert sample_images(cfg).is_file()
         return
     cfg = shrink(compose_train(*overrides, output_dir=tmp_path), steps=2)
     with open_dict(cfg):

@@ -18,12 +18,12 @@ from safetensors.torch import load_file
 from test_data import write_mixed_folder
 from test_train import ROOT, compose_train, shrink
 
-import difftune.checkpoint_io as checkpoint_io
-import difftune.pipeline_io as pipeline_io
-import difftune.train as train_module
-from difftune.checkpoint_io import AtomicCheckpointIO
+import difftune.hub.checkpoints as checkpoint_io
+import difftune.hub.pipelines as pipeline_io
+import difftune.run.train as train_module
 from difftune.errors import DifftuneError
-from difftune.train import train
+from difftune.hub.checkpoints import AtomicCheckpointIO
+from difftune.run.train import train
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -353,7 +353,7 @@ def test_a_folder_of_bad_images_trains_and_reports_skips_once_per_epoch(tmp_path
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = 200 * 200 // 2 - 1  # PIL raises above 2x this
     try:
-        with caplog.at_level(logging.WARNING, logger="difftune.module"):
+        with caplog.at_level(logging.WARNING, logger="difftune.core.module"):
             train(cfg)
     finally:
         Image.MAX_IMAGE_PIXELS = limit

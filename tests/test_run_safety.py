@@ -24,14 +24,14 @@ from run_faults import full_disk_torch_save, read_only
 from test_train import ROOT, compose_train, shrink
 from test_user_errors import one_line_exit_2
 
-import difftune.checkpoint_io as checkpoint_io
-import difftune.train as train_module
-from difftune import pipeline_io
-from difftune.checkpoint_io import AtomicCheckpointIO
+import difftune.hub.checkpoints as checkpoint_io
+import difftune.hub.pipelines as pipeline_io
+import difftune.run.train as train_module
 from difftune.errors import DifftuneError
-from difftune.export import main as export_main
-from difftune.resume import run_key
-from difftune.train import train
+from difftune.hub.checkpoints import AtomicCheckpointIO
+from difftune.hub.export import main as export_main
+from difftune.run.resume import run_key
+from difftune.run.train import train
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 FREE = r"\d+(\.\d)? (B|KiB|MiB|GiB|TiB) free"
@@ -138,7 +138,7 @@ def test_a_corrupt_resume_index_is_reported_and_rebuilt(content, tmp_path, caplo
     index = index_dir / f"{run_key(cfg)}.json"
     index_dir.mkdir()
     index.write_bytes(content.encode() if isinstance(content, str) else content)
-    with caplog.at_level(logging.WARNING, logger="difftune.resume"):
+    with caplog.at_level(logging.WARNING, logger="difftune.run.resume"):
         train(cfg)  # a fresh run: never fatal
     (warning,) = [r.getMessage() for r in caplog.records if str(index) in r.getMessage()]
     assert "unreadable" in warning and "rebuilt" in warning
@@ -244,7 +244,7 @@ def test_a_full_disk_during_the_export_keeps_the_previous_pipeline(tmp_path, mon
     message = one_line(err)
     assert message.startswith(f"cannot write the pipeline {run / 'pipeline'} (No space left on")
     assert re.search(FREE, message)
-    command = f"python -m difftune.export {last} --out {run / 'pipeline'}"
+    command = f"python -m difftune.hub.export {last} --out {run / 'pipeline'}"
     assert message.endswith(command)
     assert torch.equal(conv_in(run / "pipeline"), before)  # the previous export, whole
     version = (run / "pipeline").readlink().name

@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from difftune.errors import DifftuneError
 from difftune.guidance import ColorLoss, Guidance
-from difftune.images import save_grid, to_pil_list, to_unit
+from difftune.pictures.images import save_grid, to_pil_list, to_unit
 from difftune.sampling import sample
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")

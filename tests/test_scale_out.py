@@ -17,10 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_train import CONF, ROOT, compose_train, shrink
 
-from difftune import preflight
+import difftune.run.preflight as preflight
 from difftune.errors import DifftuneError
-from difftune.preflight import check_command_line
-from difftune.train import train
+from difftune.run.preflight import check_command_line
+from difftune.run.train import train
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 SHRINK = [  # the embedded default, 4 steps, cheap grids

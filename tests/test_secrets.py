@@ -10,7 +10,7 @@ import sys
 import pytest
 from test_train import ROOT
 
-from difftune.redaction import redact, redact_text
+from difftune.run.redaction import redact, redact_text
 
 HF_TOKEN = "hf_abcdefSECRET123"
 PASSWORD = "plain-words-secret"  # secret by its key only

@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from difftune import pipeline_io
+import difftune.hub.pipelines as pipeline_io
 from difftune.errors import DifftuneError
-from difftune.train import build, train
+from difftune.run.train import build, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -190,24 +190,26 @@ def test_ema_run_exports_the_averaged_weights(tmp_path, tiny_pipeline_dir):
 
 
 def test_push_to_hub_after_a_complete_export(tmp_path, tiny_pipeline_dir, monkeypatch, caplog):
-    import difftune.hub
+    import difftune.hub.push
 
     calls = []
-    monkeypatch.setattr(difftune.hub, "create_repo", lambda *a, **k: calls.append(("create", a, k)))
+    monkeypatch.setattr(
+        difftune.hub.push, "create_repo", lambda *a, **k: calls.append(("create", a, k))
+    )
 
     def failing_upload(**kwargs):
         calls.append(("upload", kwargs))
         assert (Path(kwargs["folder_path"]) / "unet").is_dir()  # the export is complete first
         raise OSError("no network")
 
-    monkeypatch.setattr(difftune.hub, "upload_folder", failing_upload)
+    monkeypatch.setattr(difftune.hub.push, "upload_folder", failing_upload)
     cfg = compose_train(
         f"model.pretrained={tiny_pipeline_dir}", "data.image_size=32", "push_to_hub=true",
         "hub.repo_id=someone/tiny-vintage", output_dir=tmp_path,
     )  # fmt: skip
     with pytest.raises(DifftuneError, match="the local export at .* is complete; to retry") as err:
-        train(shrink(cfg, steps=2))  # the same rule as `python -m difftune.export`: exit 2
-    assert "python -m difftune.export --pipeline" in str(err.value)
+        train(shrink(cfg, steps=2))  # the same rule as `python -m difftune.hub.export`: exit 2
+    assert "python -m difftune.hub.export --pipeline" in str(err.value)
     assert [c[0] for c in calls] == ["create", "upload"]
     assert calls[1][1]["repo_id"] == "someone/tiny-vintage"
     card = (tmp_path / "pipeline" / "README.md").read_text()

@@ -9,11 +9,11 @@ import torch
 from test_generate import compose_sample
 from test_train import ROOT, compose_train
 
-import difftune.generate as generate_module
-from difftune import pipeline_io
-from difftune.cli import exit_on_user_error
-from difftune.generate import generate
-from difftune.train import train
+import difftune.hub.pipelines as pipeline_io
+import difftune.run.sample_images as generate_module
+from difftune.run.cli import exit_on_user_error
+from difftune.run.sample_images import sample_images
+from difftune.run.train import train
 
 
 def no_model_load(*args, **kwargs):
@@ -76,7 +76,7 @@ def test_sample_rejects_a_bad_value_in_one_line_before_the_unet_loads(
     monkeypatch.setattr(generate_module, "load_unet", no_model_load)
     cfg = compose_sample(f"pretrained={tiny_pipeline_dir}", *override.split(" "),
                          output_dir=tmp_path)  # fmt: skip
-    line = one_line_exit_2(generate, cfg, capsys)
+    line = one_line_exit_2(sample_images, cfg, capsys)
     assert line.startswith(f"error: {key_value}"), line
     assert not (tmp_path / "grid.png").exists()
 

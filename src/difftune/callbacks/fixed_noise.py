@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 from lightning.pytorch import LightningModule, Trainer
 
-from difftune.sampling import sample
+from difftune.core.sampling import sample
 
 
 def sample_fixed_noise(

@@ -5,8 +5,8 @@ samples `num_samples` images with DDIM from one fixed noise (the EMA UNet when E
 measures their KID against `num_real` held-out images of the data module's validation set. The
 real images' features are computed once per run. Values are logged to every logger as
 `val/kid_<features>` (and `val/kid_<features>_std`, `val/fid_<features>`), put in
-`trainer.callback_metrics`, and kept in `history`. See `difftune.metrics` for the features: only
-`features=inception` gives numbers comparable with published ones.
+`trainer.callback_metrics`, and kept in `history`. See `difftune.metrics.distance` for the
+features: only `features=inception` gives numbers comparable with published ones.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from torch import nn
 
 from difftune.callbacks import kid_cache
 from difftune.callbacks.fixed_noise import sample_fixed_noise
-from difftune.ema import ema_unet
+from difftune.core.ema import ema_unet
 from difftune.errors import DifftuneError
-from difftune.images import to_unit
-from difftune.metrics import (
+from difftune.metrics.distance import (
     build_feature_extractor,
     extract_features,
     fid_from_features,
     kid_from_features,
     resolve_subset_size,
 )
+from difftune.pictures.images import to_unit
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
-from difftune.plotting import pyplot
+from difftune.pictures.plots import pyplot
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:

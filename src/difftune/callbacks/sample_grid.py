@@ -14,10 +14,10 @@ from PIL import Image
 
 from difftune.callbacks.fixed_noise import sample_fixed_noise
 from difftune.callbacks.grid_budget import plan_grids
-from difftune.ema import ema_unet
+from difftune.core.ema import ema_unet
 from difftune.guidance import Guidance
-from difftune.images import save_panels
-from difftune.plotting import plot_progression
+from difftune.pictures.images import save_panels
+from difftune.pictures.plots import plot_progression
 
 log = logging.getLogger(__name__)
 KEY = "callbacks.sample_grid"

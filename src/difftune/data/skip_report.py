@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("difftune.module")
+log = logging.getLogger("difftune.core.module")
 
 LIST_NAME = "skipped_images.txt"
 SHOWN = 3  # files named in the log line

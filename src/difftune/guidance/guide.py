@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from difftune.core.prediction import eps_shift_to_output, predict_x0, to_epsilon
 from difftune.errors import DifftuneError
 from difftune.guidance.x0_clip import X0Clip
-from difftune.prediction import eps_shift_to_output, predict_x0, to_epsilon
 
 
 class GuidanceError(DifftuneError, ValueError):

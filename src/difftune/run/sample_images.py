@@ -1,4 +1,4 @@
-"""`generate(cfg)`: load a pipeline, sample it (guided or not), write grid, images, progression."""
+"""`sample_images(cfg)`, the `sample.py` job: load a pipeline, sample it, write grids and images."""
 
 import logging
 from pathlib import Path
@@ -10,12 +10,12 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from difftune.config_checks import check_device, check_image_size, check_seed
+from difftune.core.sampling import sample
 from difftune.errors import DifftuneError
-from difftune.images import save_grid, save_panels, to_pil_list
-from difftune.pipeline_io import load_noise_scheduler, load_unet, load_unet_config
-from difftune.plotting import plot_progression, plot_schedules
-from difftune.sampling import sample
+from difftune.hub.pipelines import load_noise_scheduler, load_unet, load_unet_config
+from difftune.pictures.images import save_grid, save_panels, to_pil_list
+from difftune.pictures.plots import plot_progression, plot_schedules
+from difftune.run.checks import check_device, check_image_size, check_seed
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _check(cfg: DictConfig) -> None:
     check_seed(cfg.get("seed"))
 
 
-def generate(cfg: DictConfig) -> Path:
+def sample_images(cfg: DictConfig) -> Path:
     """Sample `cfg.pretrained` into `cfg.paths.output_dir`; returns the path of `grid.png`."""
     _check(cfg)
     out = Path(cfg.paths.output_dir)

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from difftune.guidance import SCHEDULES
-from difftune.images import to_unit
+from difftune.pictures.images import to_unit
 
 
 def pyplot() -> ModuleType:

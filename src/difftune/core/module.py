@@ -12,9 +12,9 @@ from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from difftune.core.prediction import check_prediction_type, min_snr_weights, training_target
 from difftune.data.skip_report import SkipReport
 from difftune.errors import DifftuneError
-from difftune.prediction import check_prediction_type, min_snr_weights, training_target
 
 log = logging.getLogger(__name__)
 

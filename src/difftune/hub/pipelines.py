@@ -11,7 +11,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from difftune.errors import DifftuneError
 
-ASSETS_DIR = Path(__file__).parent / "assets"
+ASSETS_DIR = Path(__file__).parent.parent / "assets"
 EMBEDDED = {"difftune/tiny_base": ASSETS_DIR / "tiny_base"}
 
 

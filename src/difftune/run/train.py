@@ -14,21 +14,21 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
 from difftune.callbacks import FinalCheckpoint
-from difftune.checkpoint_io import check_checkpoint_matches
-from difftune.config_checks import check_train_config
+from difftune.core.ema import ema_unet
+from difftune.core.module import DiffusionFineTuner
 from difftune.data import ImageDataModule
-from difftune.disk import reported_writes
-from difftune.ema import ema_unet
 from difftune.errors import DifftuneError
-from difftune.export import reexport_hint
-from difftune.hub import push_to_hub
-from difftune.loggers import check_loggers, log_config
-from difftune.model_card import dataset_name, write_model_card
-from difftune.module import DiffusionFineTuner
-from difftune.pipeline_io import export_pipeline
-from difftune.provenance import record_run
-from difftune.resume import latest_checkpoint, register_run
-from difftune.run_dir import claim_run_dir
+from difftune.hub.checkpoints import check_checkpoint_matches
+from difftune.hub.export import reexport_hint
+from difftune.hub.model_card import dataset_name, write_model_card
+from difftune.hub.pipelines import export_pipeline
+from difftune.hub.push import push_to_hub
+from difftune.run.checks import check_train_config
+from difftune.run.disk import reported_writes
+from difftune.run.loggers import check_loggers, log_config
+from difftune.run.provenance import record_run
+from difftune.run.resume import latest_checkpoint, register_run
+from difftune.run.run_dir import claim_run_dir
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from difftune.redaction import redact_text
+from difftune.run.redaction import redact_text
 
 METRICS = ("train/loss", "val/loss")
 COLUMNS = ("job", "status", "overrides", *METRICS, "metrics", "wall_s", "path")
@@ -84,7 +84,7 @@ def write_montage(sweep_dir: Path, rows: list[dict[str, Any]], min_width: int = 
     """`montage.png`: each completed job's `grid.png` (sample.py's) under its overrides."""
     from PIL import Image
 
-    from difftune.images import enlarged, montage
+    from difftune.pictures.images import enlarged, montage
 
     grids = [
         (row["overrides"], Path(row["path"]) / "grid.png")

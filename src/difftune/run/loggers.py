@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.errors import DifftuneError
-from difftune.redaction import redact, redact_text
+from difftune.run.redaction import redact, redact_text
 
 
 def wandb_logged_in() -> bool:

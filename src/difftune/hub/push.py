@@ -47,7 +47,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 def retry_hint(pipeline_dir: str | Path, repo_id: str) -> str:
     return (
         f"log in (`hf auth login` or set HF_TOKEN), then run "
-        f"`python -m difftune.export --pipeline {pipeline_dir} --push-to-hub {repo_id}` "
+        f"`python -m difftune.hub.export --pipeline {pipeline_dir} --push-to-hub {repo_id}` "
         f"or `hf upload {repo_id} {pipeline_dir}`"
     )
 

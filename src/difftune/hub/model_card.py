@@ -11,7 +11,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from difftune.errors import DifftuneError
-from difftune.pipeline_io import EMBEDDED
+from difftune.hub.pipelines import EMBEDDED
 
 TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "difftune"]
 SAMPLES_NAME = "samples.png"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from difftune.redaction import redact, redact_text
+from difftune.run.redaction import redact, redact_text
 
 PACKAGES = ("difftune", "torch", "diffusers", "lightning", "hydra-core", "torchmetrics")
 
@@ -54,7 +54,7 @@ def record_run(cfg: DictConfig, output_dir: Path) -> Path:
     info = {
         "command": shlex.join([Path(sys.executable).name, *map(redact_text, sys.argv)]),
         "cwd": str(Path.cwd()),
-        "git": git_state(Path(__file__).resolve().parent),
+        "git": git_state(Path(__file__).resolve().parent.parent),
         "versions": {**package_versions(), "torch": torch.__version__},  # with its +cuXXX tag
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -11,10 +11,10 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from difftune.build_errors import config_error
-from difftune.disk import disk_error
 from difftune.errors import DifftuneError
-from difftune.preflight import check_command_line
+from difftune.run.build_errors import config_error
+from difftune.run.disk import disk_error
+from difftune.run.preflight import check_command_line
 
 
 def user_error(err: BaseException) -> DifftuneError | None:

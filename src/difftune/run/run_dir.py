@@ -20,8 +20,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from difftune.disk import check_writable
 from difftune.errors import DifftuneError
+from difftune.run.disk import check_writable
 
 log = logging.getLogger(__name__)
 LOCK = ".difftune.lock"

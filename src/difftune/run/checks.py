@@ -10,8 +10,8 @@ import torch
 from omegaconf import DictConfig
 
 from difftune.errors import DifftuneError
-from difftune.pipeline_io import load_unet_config, unet_downsample_factor
-from difftune.preflight import check_hardware
+from difftune.hub.pipelines import load_unet_config, unet_downsample_factor
+from difftune.run.preflight import check_hardware
 
 
 def _require(ok: bool, message: str) -> None:

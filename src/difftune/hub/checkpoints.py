@@ -12,8 +12,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.utilities import rank_zero_warn
 
-from difftune.disk import reported_writes
 from difftune.errors import DifftuneError
+from difftune.run.disk import reported_writes
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

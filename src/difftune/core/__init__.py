@@ -1,0 +1,1 @@
+"""The core: the LightningModule, the prediction-type algebra, the sampling loop, EMA."""

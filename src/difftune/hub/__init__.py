@@ -1,0 +1,1 @@
+"""Hub I/O: pipelines, checkpoints, model cards, export and push."""

@@ -1,0 +1,1 @@
+"""Distribution metrics (KID, FID) on a choice of feature networks."""

@@ -1,0 +1,1 @@
+"""Pictures: image grids, panels, progression and schedule plots."""

@@ -1,0 +1,1 @@
+"""Run orchestration: the entry functions, checks, run dirs, resume, provenance, sweeps."""
