@@ -14,7 +14,8 @@ from difftune.run.resume import continue_in_its_dir
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> dict[str, float] | float:
-    from difftune.run.train import objective, train  # here: `--help` and bad input need none of it
+    from difftune.run.sweep import objective  # here: `--help` and bad input need none of it
+    from difftune.run.train import train
 
     one_copy_of_lightning_logs()
 

@@ -1,9 +1,9 @@
 """Seconds of guided sampling divided by unguided sampling (same UNet, batch, steps, noise).
 
-Also the article's colour and CLIP loops for comparison (tests/article_loops.py). Interleaved
-rounds, best of each. Goals: colour x̂0-only <= 1.15, colour through the UNet <= 2.2 (the article's
-loop ~1.8), CLIP n_cuts=4 batched / the article's sequential cuts <= 1.0. The last line is the key
-ratio (colour, gradient through the x̂0 formula only).
+Also the article's colour and CLIP loops for comparison (tests/helpers/article_loops.py).
+Interleaved rounds, best of each. Goals: colour x̂0-only <= 1.15, colour through the UNet <= 2.2
+(the article's loop ~1.8), CLIP n_cuts=4 batched / the article's sequential cuts <= 1.0. The last
+line is the key ratio (colour, gradient through the x̂0 formula only).
     python bench/guidance_cost.py [--device cpu] [--steps 5] [--rounds 3] [--threads N]
     python bench/guidance_cost.py --device cuda --peak-memory   # ddpm-celebahq-256 UNet, batch 4
 """
@@ -19,10 +19,9 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from article_loops import article_clip_loop, article_color_loop, article_tfms  # noqa: E402
-
 from difftune.core.sampling import sample  # noqa: E402
 from difftune.guidance import ClipLoss, ColorLoss, Guidance  # noqa: E402
+from helpers.article_loops import article_clip_loop, article_color_loop, article_tfms  # noqa: E402
 
 BENCH_CLIP = "difftune-bench-clip"  # ViT-B-32 with 4 of its 12 layers (random weights)
 

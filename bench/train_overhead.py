@@ -1,7 +1,8 @@
 """Steps/s of `Trainer.fit` with `DiffusionFineTuner` divided by the article's bare PyTorch loop.
 
 Same UNet, same pre-made batches, same optimizer, one process, measured in one run (interleaved
-rounds, best of each). The ratio is printed last; the goal is >= 0.95.
+rounds, best of each), and the FLOPs of one training step (Lightning's `measure_flops`). The ratio
+is printed last; the goal is >= 0.95.
     python bench/train_overhead.py [--steps 40] [--rounds 3] [--device cpu]
 """
 
@@ -11,6 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
+from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 
@@ -45,6 +47,14 @@ def article_loop(batches: list[torch.Tensor], device: str, warmup: int) -> float
         optimizer.zero_grad()
     loss.item()
     return (len(batches) - warmup) / (time.perf_counter() - start)
+
+
+def step_flops(batch_size: int, device: str) -> int:
+    """FLOPs of one training step of the benchmarked UNet: forward, MSE loss and backward."""
+    unet = make_unet().to(device)
+    x = torch.randn(batch_size, 3, 32, 32, device=device)
+    t = torch.randint(0, 1000, (batch_size,), device=device)
+    return measure_flops(unet, lambda: unet(x, t)[0], lambda y: F.mse_loss(y, torch.randn_like(y)))
 
 
 class StepTimer(Callback):
@@ -100,6 +110,8 @@ def main() -> None:
     print(f"article loop  {best['article']:.2f} steps/s")
     print(f"Trainer.fit   {best['lightning']:.2f} steps/s steady state")
     print(f"Trainer.fit   {best['lightning_whole']:.2f} steps/s whole fit, setup included")
+    flops = step_flops(args.batch_size, args.device)
+    print(f"one training step {flops / 1e9:.2f} GFLOP (forward + backward, measure_flops)")
     print(f"ratio {best['lightning'] / best['article']:.3f}")
 
 

@@ -1,25 +1,33 @@
-"""Shared fixtures: tiny models and images made in the test, so everything runs offline on CPU."""
+"""Shared fixtures: the real configs shrunk to tiny runs, tiny models and images made in the test,
+so everything runs offline on CPU. Helpers the fixtures do not cover live in tests/helpers/."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMPipeline,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    UNet2DModel,
-)
+from diffusers import UNet2DModel
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 from PIL import Image
 
-SCHEDULERS = {
-    "ddim": lambda: DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
-    "ddpm": lambda: DDPMScheduler(num_train_timesteps=1000, clip_sample=False),
-    "dpm": lambda: DPMSolverMultistepScheduler(num_train_timesteps=1000),
-}
+from helpers.compose import compose_sample, compose_train, shrink, shrink_sample
+from helpers.models import make_tiny_unet, save_tiny_pipeline
+
+
+@pytest.fixture
+def cfg_train(tmp_path: Path) -> DictConfig:
+    """`python train.py` as composed from conf/train.yaml, shrunk to a 4-step CPU run in tmp_path.
+
+    `shrink(cfg_train, steps=n)` makes it n steps; `compose_train` takes overrides.
+    """
+    return shrink(compose_train(output_dir=tmp_path))
+
+
+@pytest.fixture
+def cfg_sample(tmp_path: Path) -> DictConfig:
+    """`python sample.py` as composed from conf/sample.yaml: 2 images, 3 steps, in tmp_path."""
+    return shrink_sample(compose_sample(output_dir=tmp_path))
 
 
 @pytest.fixture
@@ -44,21 +52,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def make_tiny_unet(sample_size: int = 16, seed: int = 0) -> UNet2DModel:
-    """A ~100k-parameter UNet2DModel with two resolutions (input sizes must be multiples of 2)."""
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=sample_size,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-    )
-
-
 @pytest.fixture
 def tiny_unet() -> UNet2DModel:
     return make_tiny_unet()
@@ -67,11 +60,7 @@ def tiny_unet() -> UNet2DModel:
 @pytest.fixture
 def tiny_pipeline_dir(tmp_path: Path) -> Path:
     """A DDPMPipeline in save_pretrained layout (model_index.json, unet/, scheduler/)."""
-    path = tmp_path / "tiny_pipeline"
-    DDPMPipeline(
-        unet=make_tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000)
-    ).save_pretrained(path)
-    return path
+    return save_tiny_pipeline(tmp_path / "tiny_pipeline")
 
 
 @pytest.fixture
@@ -84,3 +73,16 @@ def image_folder(tmp_path: Path) -> Path:
         pixels = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(path / f"img_{i:02d}.{'jpg' if i % 2 else 'png'}")
     return path
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Hub offline (env and the already-imported constants) and a throwaway datasets cache."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")

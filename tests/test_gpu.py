@@ -7,13 +7,13 @@ import csv
 
 import pytest
 import torch
-from conftest import make_tiny_unet
 from diffusers import DDPMPipeline
-from test_train import compose_train, shrink
 
 from difftune.guidance import ColorLoss, Guidance
 from difftune.guidance.guide import apply_guidance
 from difftune.run.train import train
+from helpers.compose import compose_train, shrink
+from helpers.models import make_tiny_unet
 
 pytestmark = [
     pytest.mark.gpu,

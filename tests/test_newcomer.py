@@ -8,10 +8,10 @@ import sys
 
 import pytest
 from omegaconf import open_dict
-from test_train import ROOT, compose_train, shrink
 
 from difftune.callbacks.grid_budget import plan_grids
 from difftune.run.train import train
+from helpers.compose import ROOT, shrink
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
 PROGRESS = re.compile(r"step (\d+)/8 loss \d+\.\d+ \d+\.\d img/s eta \d+:\d\d:\d\d$", re.MULTILINE)
@@ -64,8 +64,8 @@ def test_the_grid_budget_rule():
     assert (plan.num_images, plan.num_inference_steps) == (16, 40)
 
 
-def test_the_grid_logs_its_size_and_seconds_and_a_short_run_gets_a_cheaper_grid(tmp_path, caplog):
-    cfg = shrink(compose_train(output_dir=tmp_path), steps=2)
+def test_the_grid_logs_its_size_and_seconds_and_a_short_run_gets_a_cheaper_grid(cfg_train, caplog):
+    cfg = shrink(cfg_train, steps=2)
     with open_dict(cfg):
         cfg.callbacks.sample_grid.update(num_images=16, num_inference_steps=40)
     with caplog.at_level(logging.INFO, logger="difftune.callbacks.sample_grid"):

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_unet
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
+from diffusers import DDIMScheduler
 from omegaconf import open_dict
 from PIL import Image
-from test_train import ROOT, compose_train, shrink
 
 from difftune.core.sampling import sample
 from difftune.data.decode import Skipped, decode_image
 from difftune.hub.export import main as export_main
 from difftune.run.train import train
+from helpers.compose import ROOT, compose_train, shrink
+from helpers.models import make_tiny_unet, save_tiny_pipeline
 
 # --- a model whose output is not finite -----------------------------------------------------------
 
@@ -44,7 +44,7 @@ def test_sample_counts_the_steps_whose_model_output_is_not_finite(noise):
 @pytest.mark.slow
 def test_sample_py_with_nan_weights_says_so_and_exits_non_zero(tmp_path):
     pipeline = tmp_path / "nan_pipeline"
-    DDPMPipeline(unet=nan_unet(), scheduler=DDPMScheduler()).save_pretrained(pipeline)
+    save_tiny_pipeline(pipeline, nan_unet())
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, "sample.py", f"pretrained={pipeline}", "num_images=3", "batch_size=2",
@@ -113,7 +113,7 @@ def test_non_finite_images_are_named_in_the_per_epoch_report(tmp_path, caplog):
     )  # fmt: skip
     with open_dict(cfg):
         cfg.trainer.update(max_steps=-1, max_epochs=1)
-    with caplog.at_level(logging.WARNING, logger="difftune.core.module"):
+    with caplog.at_level(logging.WARNING, logger="difftune.callbacks.skipped_images"):
         train(cfg)
     reports = [r.getMessage() for r in caplog.records if "undecodable images" in r.getMessage()]
     assert len(reports) == 1 and reports[0].startswith("epoch 0: skipped "), reports

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 from omegaconf import open_dict
-from test_generate import compose_sample
-from test_train import CONF, ROOT, compose_train, shrink
 
 import difftune.run.preflight as preflight
 from difftune.run.cli import exit_on_user_error
 from difftune.run.preflight import check_command_line
 from difftune.run.sample_images import sample_images
 from difftune.run.train import train
+from helpers.compose import CONF, ROOT, compose_sample, compose_train, shrink, shrink_sample
 
 ENTRY = re.compile(r"^(?:\$ )?(?:\w+=\S+ )*python (train|sample)\.py\b")
 NEEDS_HUB_OR_GPU = re.compile(
@@ -77,8 +76,8 @@ def test_every_readme_command_composes_for_every_job(command, monkeypatch):
     check_command_line(CONF, script, overrides)
 
 
-# run here: not a sweep (tests/test_scale_out.py), not resume=true (it needs an earlier run:
-# tests/test_run_safety.py), nothing from the Hub or a GPU, no placeholder
+# run here: not a sweep (tests/run/test_sweeps.py), not resume=true (it needs an earlier run:
+# tests/run/test_resume.py), nothing from the Hub or a GPU, no placeholder
 RUNNABLE = [
     c
     for c in COMMANDS
@@ -94,9 +93,7 @@ RUNNABLE = [
 def test_every_offline_readme_command_runs_shortened(command, tmp_path):
     script, overrides, _ = split(command)
     if script == "sample":
-        cfg = compose_sample(*overrides, "num_images=2", "batch_size=2", output_dir=tmp_path)
-        with open_dict(cfg):
-            cfg.num_inference_steps = min(cfg.num_inference_steps, 3)
+        cfg = shrink_sample(compose_sample(*overrides, output_dir=tmp_path))
         assert sample_images(cfg).is_file()
         return
     cfg = shrink(compose_train(*overrides, output_dir=tmp_path), steps=2)

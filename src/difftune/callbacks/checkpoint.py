@@ -11,6 +11,10 @@ log = logging.getLogger(__name__)
 INTERRUPTS = (KeyboardInterrupt, SIGTERMException)
 
 
+# Not Lightning's ModelCheckpoint(save_last=True) / OnExceptionCheckpoint: the first leaves
+# last.ckpt at the last period when a run ends between two (tests/run/test_resume.py::test_last_
+# ckpt_holds_the_final_step_...), the second saves a crashed state over it (tests/run/test_
+# interrupts.py::test_a_crash_keeps_the_last_good_checkpoint_...).
 class FinalCheckpoint(Callback):
     """Writes `dirpath/last.ckpt` every N steps, at the end of fit (before EMA weights replace
     the raw ones), and on Ctrl-C (SIGINT) or SIGTERM, so a stopped run resumes where it was."""
@@ -46,6 +50,7 @@ class FinalCheckpoint(Callback):
         if not isinstance(exception, INTERRUPTS):
             return  # a crash: the last periodic checkpoint stays the one to resume from
         self._save(trainer)
+        exception.resume_hint = f"at step {trainer.global_step}; resume with ckpt_path={self.path}"
         log.warning(
             "%s at step %d: saved %s; resume with ckpt_path=%s",
             "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C",

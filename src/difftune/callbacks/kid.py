@@ -2,11 +2,13 @@
 
 Every `every_n_steps` optimizer steps, at the start (step 0: the base model) and at the end, it
 samples `num_samples` images with DDIM from one fixed noise (the EMA UNet when EMA is on) and
-measures their KID against `num_real` held-out images of the data module's validation set. The
-real images' features are computed once per run. Values are logged to every logger as
-`val/kid_<features>` (and `val/kid_<features>_std`, `val/fid_<features>`), put in
-`trainer.callback_metrics`, and kept in `history`. See `difftune.metrics.distance` for the
-features: only `features=inception` gives numbers comparable with published ones.
+measures their KID against `num_real` held-out images of the data module's validation set, with
+torchmetrics' KID/FID (`difftune.metrics.distance`), which keep the real images' features for the
+whole run. The metric objects live here, on the module's device, never in the LightningModule
+(EMA deep-copies it). Values are logged to every logger as `val/kid_<features>` (and
+`val/kid_<features>_std`, `val/fid_<features>`), put in `trainer.callback_metrics`, and kept in
+`history`. See `difftune.metrics.features`: only `features=inception` gives numbers comparable
+with published ones.
 """
 
 from __future__ import annotations
@@ -17,27 +19,24 @@ import warnings
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
+from torchmetrics import MetricCollection
 
 from difftune.callbacks import kid_cache
 from difftune.callbacks.fixed_noise import sample_fixed_noise
+from difftune.callbacks.periodic import EveryNSteps
 from difftune.core.ema import ema_unet
 from difftune.errors import DifftuneError
-from difftune.metrics.distance import (
-    build_feature_extractor,
-    extract_features,
-    fid_from_features,
-    kid_from_features,
-    resolve_subset_size,
-)
+from difftune.metrics.distance import compute_distances, distance_metrics
+from difftune.metrics.features import build_feature_extractor, feature_name
 from difftune.pictures.images import to_unit
 
 log = logging.getLogger(__name__)
 
 
-class KIDCallback(Callback):
+class KIDCallback(EveryNSteps):
     """Logs KID (optionally FID) of fixed-noise samples against held-out real images."""
 
     def __init__(
@@ -84,16 +83,13 @@ class KIDCallback(Callback):
         self.history: list[tuple[int, float]] = []  # (optimizer step, KID mean)
         self.seconds = 0.0  # wall time spent here, reported against the whole fit
         self.extractor: nn.Module | None = None
-        self.real_features: torch.Tensor | None = None
-        self._subset_size: int | None = None
-        self._last_step = -1
+        self.metrics: MetricCollection | None = None  # KID (FID), holding the real features
+        self._real_digest = ""  # sha256 of the held-out images, for the step-0 cache key
 
     @property
     def feature_name(self) -> str:
         """The extractor's name, as it appears in the metric names (`kid_small`, ...)."""
-        if isinstance(self.features, str):
-            return self.features
-        return getattr(self.features, "name", type(self.features).__name__.lower())
+        return feature_name(self.features)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Build the extractor on rank 0 before training, so a bad `features` fails at once."""
@@ -105,7 +101,7 @@ class KIDCallback(Callback):
                 )  # fmt: skip
             else:
                 self.extractor = self.features
-        self.real_features = None  # once per run (per fit call)
+        self.metrics = None  # the real features: once per run (per fit call)
 
     def _real_images(self, trainer: Trainer) -> list[torch.Tensor]:
         """Up to `num_real` held-out images in [0, 1], as batches."""
@@ -136,13 +132,19 @@ class KIDCallback(Callback):
             )
         return batches
 
-    def _real_features(self, trainer: Trainer) -> torch.Tensor:
-        if self.real_features is None:
-            self.real_features = extract_features(self.extractor, self._real_images(trainer))
-            self._subset_size = resolve_subset_size(
-                self.subset_size, self.real_features.shape[0], self.num_samples
-            )
-        return self.real_features
+    def _real_metrics(self, trainer: Trainer, pl_module: LightningModule) -> MetricCollection:
+        """KID (and FID) metrics on the module's device, fed the held-out images once per run."""
+        if self.metrics is None:
+            real = self._real_images(trainer)
+            metrics = distance_metrics(
+                self.extractor, sum(b.shape[0] for b in real), self.num_samples, fid=self.fid,
+                subset_size=self.subset_size, subsets=self.subsets,
+            ).to(pl_module.device)  # fmt: skip
+            for batch in real:
+                metrics.update(batch.to(pl_module.device), real=True)
+            self._real_digest = kid_cache.digest(real)
+            self.metrics = metrics
+        return self.metrics
 
     def _generate(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
         """`num_samples` DDIM samples in [0, 1] from the fixed noise of `seed`, in batches."""
@@ -154,44 +156,43 @@ class KIDCallback(Callback):
         return to_unit(x_0).float()
 
     def _measure(
-        self, trainer: Trainer, pl_module: LightningModule, real: torch.Tensor
+        self, trainer: Trainer, pl_module: LightningModule, collection: MetricCollection
     ) -> dict[str, float]:
-        """Sample and measure KID (and FID) against the real features."""
-        fake = extract_features(self.extractor, self._generate(trainer, pl_module), self.batch_size)
-        name = f"{self.prefix}/kid_{self.feature_name}"
-        mean, std = kid_from_features(real, fake, self._subset_size, self.subsets, self.seed)
-        metrics = {name: mean, f"{name}_std": std}
-        if self.fid:
-            metrics[f"{self.prefix}/fid_{self.feature_name}"] = fid_from_features(real, fake)
-        return metrics
+        """Sample and measure KID (and FID) against the real images."""
+        for batch in self._generate(trainer, pl_module).split(self.batch_size):
+            collection.update(batch, real=False)
+        values = compute_distances(collection, self.feature_name, self.seed)
+        return {f"{self.prefix}/{name}": value for name, value in values.items()}
 
-    def _cache_key(self, trainer: Trainer, pl_module: LightningModule, real: torch.Tensor) -> str:
-        """What the step-0 KID depends on: sampling weights, real features, settings."""
+    def _cache_key(self, trainer: Trainer, pl_module: LightningModule) -> str:
+        """What the step-0 KID depends on: sampling weights, real images, settings."""
         settings = {
-            "features": self.feature_name, "num_samples": self.num_samples,
+            "features": self.feature_name, "model_name": self.model_name,
+            "pretrained": self.pretrained, "num_samples": self.num_samples,
             "steps": self.num_inference_steps, "seed": self.seed, "size": self.image_size,
-            "subset_size": self._subset_size, "subsets": self.subsets, "fid": self.fid,
-            "prefix": self.prefix, "schedule": dict(pl_module.noise_scheduler.config),
+            "subset_size": self.metrics["kid"].subset_size, "subsets": self.subsets,
+            "fid": self.fid, "prefix": self.prefix, "real_images": self._real_digest,
+            "schedule": dict(pl_module.noise_scheduler.config),
         }  # fmt: skip
-        return kid_cache.cache_key(ema_unet(trainer) or pl_module.unet, real, settings)
+        return kid_cache.cache_key(ema_unet(trainer) or pl_module.unet, settings)
 
     @rank_zero_only
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         """Sample, measure, log and record the distances at the current step."""
         start = time.perf_counter()
         step = trainer.global_step
-        self._last_step = step
+        self.last_step = step
         if self.extractor is None:
             self.setup(trainer, pl_module, "fit")
-        real = self._real_features(trainer)
+        collection = self._real_metrics(trainer, pl_module)
         cached_as = None
         if step == 0 and self.cache_dir:
-            cached_as = self._cache_key(trainer, pl_module, real)
+            cached_as = self._cache_key(trainer, pl_module)
         metrics = kid_cache.read(self.cache_dir, cached_as) if cached_as else None
         if metrics is not None:
             log.info("step 0: the base model's KID from %s (%s.json)", self.cache_dir, cached_as)
         else:
-            metrics = self._measure(trainer, pl_module, real)
+            metrics = self._measure(trainer, pl_module, collection)
             if cached_as:
                 kid_cache.write(self.cache_dir, cached_as, metrics)
         self.history.append((step, metrics[f"{self.prefix}/kid_{self.feature_name}"]))
@@ -207,16 +208,5 @@ class KIDCallback(Callback):
         """The metric's name and its (step, value) points, for `loss_curve.png`."""
         return f"{self.prefix}/kid_{self.feature_name}", list(self.history)
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.evaluate(trainer, pl_module)
-
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        step = trainer.global_step
-        if step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
+    def act(self, trainer: Trainer, pl_module: LightningModule) -> Any:
+        return self.evaluate(trainer, pl_module)

@@ -1,7 +1,8 @@
 """The base model's step-0 KID, computed once: every job of an lr sweep starts from the same base.
 
-The key hashes what the number depends on: the sampling UNet's weights, the real images'
-features, the noise schedule and the measurement settings (features, samples, steps, seed, ...).
+A result cache (torchmetrics keeps features within a run, not results across runs). The key hashes
+what the number depends on: the sampling UNet's weights, the real images, the noise schedule and
+the measurement settings (features, samples, steps, seed, ...).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +20,25 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def cache_key(unet: torch.nn.Module, real: torch.Tensor, settings: dict[str, Any]) -> str:
-    """24 hex digits of sha256 over the weights, the real features and the settings."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(unet.state_dict().items()):
-        digest.update(name.encode())
+def _update(digest: Any, tensors: Iterable[torch.Tensor]) -> None:
+    for tensor in tensors:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(real.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:24]
+
+
+def digest(tensors: Iterable[torch.Tensor]) -> str:
+    """sha256 (hex) of the tensors' bytes, in order (the held-out images of a run)."""
+    out = hashlib.sha256()
+    _update(out, tensors)
+    return out.hexdigest()
+
+
+def cache_key(unet: torch.nn.Module, settings: dict[str, Any]) -> str:
+    """24 hex digits of sha256 over the settings (real images' digest included) and the weights."""
+    out = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(unet.state_dict().items()):
+        out.update(name.encode())
+        _update(out, [tensor])
+    return out.hexdigest()[:24]
 
 
 def read(cache_dir: str | Path, key: str) -> dict[str, float] | None:

@@ -7,13 +7,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from difftune.callbacks.fixed_noise import sample_fixed_noise
 from difftune.callbacks.grid_budget import plan_grids
+from difftune.callbacks.periodic import EveryNSteps
 from difftune.core.ema import ema_unet
 from difftune.guidance import Guidance
 from difftune.pictures.images import save_panels
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 KEY = "callbacks.sample_grid"
 
 
-class SampleGrid(Callback):
+class SampleGrid(EveryNSteps):
     """Writes `samples/step_000200.png` from a fixed noise, and `progression.png` at the end.
 
     One panel per model and guidance: the EMA weights when EMA is on (the raw weights beside
@@ -57,7 +58,6 @@ class SampleGrid(Callback):
         self.max_cost_ratio = max_cost_ratio
         self.written: list[Path] = []
         self.seconds = 0.0  # wall time spent here, reported against the whole fit
-        self._last_step = -1
 
     def _sample(
         self, trainer: Trainer, pl_module: LightningModule, unet: Any, guidance: Any,
@@ -116,7 +116,7 @@ class SampleGrid(Callback):
         path = self.dirpath / f"step_{trainer.global_step:06d}.png"
         save_panels(panels, path, title=f"step {trainer.global_step}")
         self.written.append(path)
-        self._last_step = trainer.global_step
+        self.last_step = trainer.global_step
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):  # W&B
                 logger.log_image("samples", [str(path)], step=trainer.global_step)
@@ -143,20 +143,15 @@ class SampleGrid(Callback):
         plot_progression(kept, self.progression_path)
         self.seconds += time.perf_counter() - start
 
+    def act(self, trainer: Trainer, pl_module: LightningModule) -> Any:
+        return self.write(trainer, pl_module)
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero:
             self.fit_to_budget(trainer)
-        self.write(trainer, pl_module)
-
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        step = trainer.global_step
-        if step % self.every_n_steps == 0 and step != self._last_step:
-            self.write(trainer, pl_module)
+        super().on_train_start(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.global_step != self._last_step:
-            self.write(trainer, pl_module)
+        super().on_train_end(trainer, pl_module)
         if self.progression_path:
             self.write_progression(trainer, pl_module)

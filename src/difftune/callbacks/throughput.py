@@ -17,6 +17,8 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
+# Not Lightning's ThroughputMonitor: its clock runs on through the sample grids and KID of the
+# callbacks after it (test_lightnings_throughput_monitor_counts_the_grids_so_throughput_is_ours)
 class Throughput(Callback):
     """Logs `perf/images_per_s` (training images, all processes) and `perf/peak_memory_mb`.
 

@@ -1,6 +1,5 @@
 """`DiffusionFineTuner`: the DDPM objective (Ho et al. 2020, Alg. 1) as a LightningModule."""
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,12 +12,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from difftune.core.prediction import check_prediction_type, min_snr_weights, training_target
-from difftune.data.skip_report import SkipReport
 from difftune.errors import DifftuneError
 
-log = logging.getLogger(__name__)
-
-NONFINITE_POLICIES = ("skip", "stop")
+BATCHES_SEEN = "difftune_batches_seen"  # checkpoint key of the batch counter that seeds the noise
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 LRSchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -37,8 +33,6 @@ class DiffusionFineTuner(LightningModule):
         seed: int = 0,
         snr_gamma: float | None = None,
         noise_offset: float = 0.0,
-        on_nonfinite: str = "skip",
-        max_consecutive_nonfinite: int = 10,
     ) -> None:
         super().__init__()
         check_prediction_type(noise_scheduler.config.prediction_type)
@@ -54,21 +48,7 @@ class DiffusionFineTuner(LightningModule):
         if not noise_offset >= 0:
             raise DifftuneError(f"model.noise_offset={noise_offset} must be >= 0 (0.05-0.1 usual)")
         self.noise_offset = noise_offset
-        if on_nonfinite not in NONFINITE_POLICIES:
-            raise DifftuneError(
-                f"on_nonfinite={on_nonfinite!r} is not one of {', '.join(NONFINITE_POLICIES)}"
-            )
-        if not (isinstance(max_consecutive_nonfinite, int) and max_consecutive_nonfinite >= 1):
-            raise DifftuneError(
-                f"max_consecutive_nonfinite={max_consecutive_nonfinite!r} must be an integer >= 1"
-            )
-        self.on_nonfinite = on_nonfinite
-        self.max_consecutive_nonfinite = max_consecutive_nonfinite
-        self.nonfinite_steps = 0  # batches whose loss was NaN/inf, all of this run
-        self.consecutive_nonfinite = 0
-        self.stop_reason: str | None = None  # set when the non-finite policy stopped training
-        self.skip_report = SkipReport()  # undecodable images of this epoch, train and validation
-        self._skip_step = False  # this batch's loss was not finite on some rank
+        self.batches_seen = 0  # training batches drawn so far, this run and the ones it resumes
         self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "lr_scheduler"])
 
     @property
@@ -112,81 +92,26 @@ class DiffusionFineTuner(LightningModule):
         return (per_image.mean(dim=(1, 2, 3)) * weights).mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        """The diffusion loss of one batch; a zero-gradient stand-in when it is not finite."""
+        """Ho et al. 2020, Alg. 1: noise x_0 at a random t, regress the target (diffusers'
+        `train_unconditional.py` step); Lightning does the backward and the optimizer step."""
+        self.batches_seen += 1
         x_0 = batch["images"]
-        skipped = self.skip_report.add("train", batch)
-        self.log(
-            "data/skipped",
-            float(skipped),
-            on_step=False,
-            on_epoch=True,
-            reduce_fx="sum",
-            sync_dist=True,
-        )
         if x_0.shape[0] == 0:  # every image of this batch was undecodable
             return None
-        total_batch_idx = self.trainer.fit_loop.epoch_loop.total_batch_idx
-        noise, t = self.draw_noise_and_timesteps(x_0, self._generator(total_batch_idx))
+        noise, t = self.draw_noise_and_timesteps(x_0, self._generator(self.batches_seen - 1))
         loss = self.diffusion_loss(x_0, noise, t)
-        # every rank takes the same decision (one all-reduce of a bool per step under DDP)
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
-        if not finite:
-            return self._skip_nonfinite()
-        self.consecutive_nonfinite = 0
         # the mean over ranks under DDP (one all-reduce of a scalar per step)
         self.log("train/loss", loss, prog_bar=True, batch_size=x_0.shape[0], sync_dist=True)
         return loss
 
-    def _skip_nonfinite(self) -> torch.Tensor:
-        """A zero loss with zero gradients for this batch (every parameter still gets one, as DDP
-        needs), no optimizer step after it (see `optimizer_step`); stop per `on_nonfinite`."""
-        self._skip_step = True
-        self.nonfinite_steps += 1
-        self.consecutive_nonfinite += 1
-        self.log("train/nonfinite_skipped", float(self.nonfinite_steps), on_step=True)
-        step = self.trainer.global_step
-        if self.on_nonfinite == "stop":
-            self.stop_reason = f"non-finite loss at step {step} (on_nonfinite=stop)"
-        elif self.consecutive_nonfinite >= self.max_consecutive_nonfinite:
-            self.stop_reason = (
-                f"{self.consecutive_nonfinite} consecutive non-finite losses up to step {step} "
-                f"(max_consecutive_nonfinite={self.max_consecutive_nonfinite}); lower the lr or "
-                "check the data"
-            )
-        else:
-            log.warning("non-finite loss at step %d: batch skipped (%d so far)", step,
-                        self.nonfinite_steps)  # fmt: skip
-        if self.stop_reason is not None:
-            self.trainer.should_stop = True
-        return torch.stack([p.sum() for p in self.unet.parameters()]).sum() * 0.0
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[BATCHES_SEEN] = self.batches_seen
 
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure=None):
-        """The usual step, unless the batch was non-finite on some rank: then its (zero)
-        gradients are dropped and AdamW leaves weights and moments untouched on every rank.
-
-        With gradient accumulation a non-finite micro-batch only adds zeros; the step is skipped
-        when the last micro-batch of the window was the non-finite one.
-        """
-
-        def closure() -> Any:
-            self._skip_step = False
-            loss = optimizer_closure()
-            if self._skip_step:
-                optimizer.zero_grad(set_to_none=True)
-            return loss
-
-        optimizer.step(closure=closure)
-
-    def on_train_epoch_end(self) -> None:
-        """One line per epoch (not per image) saying which images were skipped and why."""
-        self.skip_report.flush("train", f"epoch {self.current_epoch}", self.trainer)
-
-    def on_validation_epoch_end(self) -> None:
-        """The same for the held-out images, once per validation."""
-        self.skip_report.flush("val", f"validation at step {self.global_step}", self.trainer)
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run draws the noise and timesteps the uninterrupted run would have drawn."""
+        self.batches_seen = int(checkpoint.get(BATCHES_SEEN, 0))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        self.skip_report.add("val", batch)
         x_0 = batch["images"]
         if x_0.shape[0] == 0:
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -36,6 +37,19 @@ def _as_list(guidance: Guidance | Sequence[Guidance] | None) -> list[Guidance]:
     return guidances
 
 
+def set_timesteps(scheduler: Any, num_inference_steps: Any, device: Any = None) -> None:
+    """`scheduler.set_timesteps`, with a step count it cannot take as one `DifftuneError` line."""
+    n = num_inference_steps
+    if not isinstance(n, Integral) or isinstance(n, bool) or n < 1:  # diffusers divides by it
+        raise DifftuneError(f"num_inference_steps={n}: expected >= 1 (an integer)")
+    try:
+        scheduler.set_timesteps(n, device=device)
+    except ValueError as err:  # e.g. more steps than the training timesteps
+        raise DifftuneError(
+            f"num_inference_steps={n}: {str(err).strip().splitlines()[0]}"
+        ) from None
+
+
 def sample(
     unet: Callable[..., Any],
     scheduler: Any,
@@ -49,8 +63,6 @@ def sample(
 
     Returns the raw final sample in model space (not clamped), on ``noise``'s device and dtype.
     """
-    if int(num_inference_steps) < 1:
-        raise DifftuneError(f"sample num_inference_steps={num_inference_steps!r}: expected >= 1")
     guidances = _as_list(guidance)
     grad_through_unet = any(g.through_unet for g in guidances)
     prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
@@ -58,7 +70,7 @@ def sample(
         g.begin()
 
     # 1. the timesteps (descending) and x_T, scaled for schedulers that work in sigma space
-    scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    set_timesteps(scheduler, num_inference_steps, noise.device)
     x_t = noise * scheduler.init_noise_sigma
     alpha_prods = alphas_at(scheduler, scheduler.timesteps, noise.device)  # ᾱ_t, t the timestep
     x0_clip = scheduler_x0_clip(scheduler)  # x̂0 clipped as scheduler.step clips it

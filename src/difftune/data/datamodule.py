@@ -66,7 +66,6 @@ class ImageDataModule(pl.LightningDataModule):
         super().__init__()
         if source not in SOURCES:
             raise DifftuneError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
-        _check_int("image_size", image_size, 1)
         _check_int("batch_size", batch_size, 1)
         _check_int("num_workers", num_workers, 0)
         _check_int("val_size", val_size, 0, allow_none=True)

@@ -114,20 +114,11 @@ def load_hf_records(
     image_column: str,
     subset: str | None = None,
     revision: str | None = None,
-) -> HFImageRecords:
-    """Load a hub dataset (its `subset` config at `revision`), a local hub-style folder or a
-    `save_to_disk` dir, without decoding."""
-    ds = _load(dataset_name, split, subset, revision, streaming=False)
-    return HFImageRecords(_image_column(ds, dataset_name, image_column), image_column)
-
-
-def open_hf_stream(
-    dataset_name: str,
-    split: str,
-    image_column: str,
-    subset: str | None = None,
-    revision: str | None = None,
+    streaming: bool = False,
 ) -> Any:
-    """The dataset as a `datasets.IterableDataset` of undecoded images: nothing downloaded first."""
-    ds = _load(dataset_name, split, subset, revision, streaming=True)
-    return _image_column(ds, dataset_name, image_column)
+    """A hub dataset (its `subset` config at `revision`), a local hub-style folder or a
+    `save_to_disk` dir, without decoding: `HFImageRecords`, or with `streaming` the
+    `datasets.IterableDataset` of its image column (nothing downloaded first)."""
+    ds = _image_column(_load(dataset_name, split, subset, revision, streaming), dataset_name,
+                       image_column)  # fmt: skip
+    return ds if streaming else HFImageRecords(ds, image_column)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from difftune.data.decode import Skipped, decode_image
-from difftune.data.sources import open_hf_stream
+from difftune.data.sources import load_hf_records
 
 
 class StreamedImages(torch.utils.data.IterableDataset):
@@ -58,7 +58,7 @@ def stream_split(
     world_size: int = 1,
 ) -> tuple[Any, list[Any]]:
     """(this process's share of the training stream; the first `held_out` records, held out)."""
-    stream = open_hf_stream(dataset_name, split, column, subset, revision)
+    stream = load_hf_records(dataset_name, split, column, subset, revision, streaming=True)
     val = [row[column] or {} for row in stream.take(held_out)]
     train = stream.skip(held_out)
     if world_size > 1:

@@ -7,6 +7,8 @@ scene sepia-toned, faded (lower contrast, lifted blacks), vignetted and with mon
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -81,27 +83,22 @@ def render(index: int, seed: int, size: int, style: str) -> np.ndarray:
     return img
 
 
+@dataclass
 class SyntheticStyleDataset(torch.utils.data.Dataset):
     """Deterministic scenes of `seed` in `style`: float32 3×S×S tensors in [-1, 1].
 
     With `flip=True` each item is mirrored left-right with probability 0.5 (torch's RNG).
     """
 
-    def __init__(
-        self,
-        num_images: int = 512,
-        image_size: int = 32,
-        style: str = "vintage",
-        seed: int = 0,
-        flip: bool = False,
-    ) -> None:
-        if style not in STYLES:
-            raise ValueError(f"style={style!r} is not one of {', '.join(STYLES)}")
-        self.num_images = num_images
-        self.image_size = image_size
-        self.style = style
-        self.seed = seed
-        self.flip = flip
+    num_images: int = 512
+    image_size: int = 32
+    style: str = "vintage"
+    seed: int = 0
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"style={self.style!r} is not one of {', '.join(STYLES)}")
 
     def __len__(self) -> int:
         """Number of scenes."""

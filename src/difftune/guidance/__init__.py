@@ -3,6 +3,7 @@
 from difftune.guidance.clip import ClipLoss, spherical_dist_loss
 from difftune.guidance.color import ColorLoss
 from difftune.guidance.guide import SCHEDULES, Guidance, GuidanceError
+from difftune.guidance.presets import clip_guidance, color_guidance
 from difftune.guidance.regularizers import RangeLoss, TotalVariationLoss
 
 __all__ = [
@@ -13,5 +14,7 @@ __all__ = [
     "GuidanceError",
     "RangeLoss",
     "TotalVariationLoss",
+    "clip_guidance",
+    "color_guidance",
     "spherical_dist_loss",
 ]

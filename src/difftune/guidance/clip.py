@@ -107,7 +107,7 @@ class ClipLoss:
         device: str | torch.device | None = None,
         model: torch.nn.Module | None = None,
     ) -> None:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or ())
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise GuidanceError(f"ClipLoss prompt={prompt!r}: expected non-empty text(s)")
         weights = [1.0] * len(prompts) if weights is None else [float(w) for w in weights]

@@ -9,39 +9,25 @@ import logging
 from pathlib import Path
 
 from huggingface_hub import create_repo, upload_folder
+from huggingface_hub.errors import (
+    HFValidationError,
+    HTTPError,
+    LocalTokenNotFoundError,
+    OfflineModeIsEnabled,
+)
 
 from difftune.errors import DifftuneError
 
 log = logging.getLogger(__name__)
 
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """What a push can raise without a network, a token or write access.
-
-    huggingface_hub's own errors (HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled)
-    are OSErrors; transport errors come from httpx/httpx2/requests, whichever it uses; an
-    invalid repo id is a ValueError (HFValidationError).
-    """
-    errors: list[type[BaseException]] = [OSError, ValueError]
-    try:
-        import httpx
-
-        errors.append(httpx.HTTPError)
-    except ImportError:  # pragma: no cover - depends on the huggingface_hub version
-        pass
-    try:
-        import httpx2  # type: ignore[import-not-found]
-
-        errors.append(httpx2.HTTPError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import requests
-
-        errors.append(requests.RequestException)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
+# What a push raises without a network, a token or write access, as huggingface_hub types them
+PUSH_ERRORS = (
+    HTTPError,  # its transport's base: connection errors and HfHubHTTPError (401, 403, 404, ...)
+    LocalTokenNotFoundError,  # no login and no HF_TOKEN
+    OfflineModeIsEnabled,  # HF_HUB_OFFLINE=1
+    HFValidationError,  # an invalid repo id
+    OSError,  # a file of the export it cannot read
+)
 
 
 def retry_hint(pipeline_dir: str | Path, repo_id: str) -> str:
@@ -87,7 +73,7 @@ def push_to_hub(
             commit_message=commit_message,
             token=token,
         )
-    except _network_errors() as err:
+    except PUSH_ERRORS as err:
         raise DifftuneError(
             f"push to the Hub repo '{repo_id}' failed ({_reason(err, token)}); "
             f"the local export at {pipeline_dir} is complete; to retry, "

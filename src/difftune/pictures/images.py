@@ -1,4 +1,4 @@
-"""Image helpers: model space [-1, 1] to [0, 1], PNG grids and PIL images."""
+"""Image helpers: model space [-1, 1] to [0, 1], PNG grids, PIL images (diffusers' converters)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from diffusers.utils import numpy_to_pil, pt_to_pil
 from PIL import Image
 
 
@@ -15,23 +16,33 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return (x.detach() / 2 + 0.5).clamp(0, 1)
 
 
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """A detached float32 batch (B×C×H×W) with NaN as -1 (black), as a 3-D tensor as one image."""
+    x = x.detach().float()
+    return torch.nan_to_num(x.unsqueeze(0) if x.dim() == 3 else x, nan=-1.0)
+
+
+def grid_image(x: torch.Tensor, nrow: int | None = None) -> Image.Image:
+    """A batch (model space) as one picture, `nrow` a row (default ⌈√B⌉), 2 px black gaps."""
+    x = _finite(x)
+    nrow = nrow or max(1, math.ceil(math.sqrt(x.shape[0])))
+    # torchvision's make_grid, not diffusers' make_image_grid: that one has no gaps between the
+    # images and needs exactly rows × cols of them (tests/pictures/test_pictures.py shows both)
+    grid = torchvision.utils.make_grid(to_unit(x).cpu(), nrow=nrow)
+    return numpy_to_pil(grid.permute(1, 2, 0).numpy())[0]
+
+
 def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Write a batch (model space, B×C×H×W) as one PNG grid; nrow defaults to ⌈√B⌉."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    nrow = nrow or max(1, math.ceil(math.sqrt(x.shape[0])))
-    torchvision.utils.save_image(to_unit(x).float().cpu(), path, nrow=nrow)
+    grid_image(x, nrow).save(path)
     return path
 
 
 def to_pil_list(x: torch.Tensor) -> list[Image.Image]:
-    """A batch in model space (B×C×H×W) as a list of RGB (or L) PIL images."""
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    arrays = (to_unit(x).float().cpu() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
+    """A batch in model space (B×C×H×W) as a list of RGB (or L) PIL images (NaN pixels black)."""
+    return pt_to_pil(_finite(x))
 
 
 def montage(
@@ -77,10 +88,6 @@ def save_panels(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scale = max(1, math.ceil(min_side / panels[0][1].shape[-1]))
-    pictures = []
-    for label, x in panels:
-        nrow = max(1, math.ceil(math.sqrt(x.shape[0])))
-        grid = to_pil_list(torchvision.utils.make_grid(to_unit(x).float().cpu(), nrow=nrow) * 2 - 1)
-        pictures.append((label, enlarged(grid[0], scale)))
+    pictures = [(label, enlarged(grid_image(x), scale)) for label, x in panels]
     montage(pictures, title, gap).save(path)
     return path

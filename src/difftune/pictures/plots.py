@@ -4,10 +4,9 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-import torchvision
 
 from difftune.guidance import SCHEDULES
-from difftune.pictures.images import to_unit
+from difftune.pictures.images import grid_image
 
 
 def pyplot() -> ModuleType:
@@ -20,16 +19,12 @@ def pyplot() -> ModuleType:
     return plt
 
 
-def _grid(x: torch.Tensor, nrow: int) -> torch.Tensor:
-    return torchvision.utils.make_grid(to_unit(x).float().cpu(), nrow=nrow).permute(1, 2, 0)
-
-
 def plot_progression(steps: list[dict], path: str | Path, nrow: int = 4) -> Path:
     """One row per recorded step: the first `nrow` x_t (left) and the x̂0 they predict (right)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grids = [(_grid(s["x_t"][:nrow], nrow), _grid(s["x0"][:nrow], nrow)) for s in steps]
-    aspect = grids[0][0].shape[0] / grids[0][0].shape[1]
+    grids = [(grid_image(s["x_t"][:nrow], nrow), grid_image(s["x0"][:nrow], nrow)) for s in steps]
+    aspect = grids[0][0].height / grids[0][0].width
     size = (8, (4 * aspect + 0.4) * len(steps))
     plt = pyplot()
     fig, axes = plt.subplots(len(steps), 2, figsize=size, squeeze=False)

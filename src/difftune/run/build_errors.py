@@ -65,6 +65,16 @@ def _user_key(node: DictConfig, full_key: str, sub: str) -> str:
     return source.group(1) if source else f"{full_key}.{sub}".lstrip(".")
 
 
+def _source(cfg: DictConfig, full_key: str) -> str:
+    """`full_key`, or the node it interpolates whole (`guidance: ${guidance}`): the user's key."""
+    parent, _, leaf = full_key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else None
+    if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, leaf):
+        return full_key
+    source = INTERPOLATION.match(str(OmegaConf.to_container(node, resolve=False)[leaf]))
+    return source.group(1) if source else full_key
+
+
 def _culprit(node: DictConfig, full_key: str, reason: str, overrides: Sequence[str]) -> str | None:
     """The key of `node` the reason is about: named in it, set on the command line, or quoted."""
     subs = [
@@ -97,7 +107,7 @@ def config_error(
     if not library_error or not isinstance(cfg, DictConfig):
         return None
     found = re.search(r"full_key: (\S+)\s*$", str(wrapper))
-    full_key = found.group(1) if found else ""
+    full_key = _source(cfg, found.group(1)) if found else ""
     cause = wrapper.__cause__
     reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
     node = OmegaConf.select(cfg, full_key, throw_on_missing=False) if full_key else None

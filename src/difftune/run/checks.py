@@ -62,7 +62,10 @@ def check_image_size(
 
 def check_train_config(cfg: DictConfig) -> None:
     """Cheap checks of the composed config; the UNet is looked at through its config.json only."""
+    from difftune.run.loggers import check_loggers  # here: sample.py's checks need no Lightning
+
     check_hardware(cfg)
+    check_loggers(cfg)
     check_seed(cfg.get("seed"))
     lr = cfg.model.optimizer.get("lr")
     _require(
@@ -75,8 +78,6 @@ def check_train_config(cfg: DictConfig) -> None:
         "trainer.max_steps=0 would export the model untrained; use a number of steps >= 1 "
         "(or -1 to train for trainer.max_epochs)",
     )
-    batch_size = cfg.data.get("batch_size")
-    _require(_positive_int(batch_size), f"data.batch_size={batch_size} must be an integer >= 1")
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     _require(
         _positive_int(accumulate),
@@ -99,17 +100,4 @@ def check_train_config(cfg: DictConfig) -> None:
             "use hardware=cpu (32-true) unless you are measuring it",
             stacklevel=2,
         )
-    guide = (cfg.get("guidance") or {}).get("guide") or {}
-    if str((guide.get("loss") or {}).get("_target_", "")).endswith("ClipLoss"):
-        prompt = cfg.guidance.get("prompt")
-        _require(
-            isinstance(prompt, str) and bool(prompt.strip()),
-            f"guidance.prompt={prompt!r}: CLIP guidance needs a text prompt "
-            '(guidance.prompt="a red rose painting"), or use guidance=color / guidance=none',
-        )
-    on_nonfinite = cfg.get("on_nonfinite", "skip")
-    _require(
-        on_nonfinite in ("skip", "stop"),
-        f"on_nonfinite={on_nonfinite}: expected skip (skip that batch's step) or stop",
-    )
     check_image_size(cfg.data.get("image_size"), unet_config_of(cfg.model))

@@ -10,6 +10,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from difftune.errors import DifftuneError
 from difftune.run.build_errors import config_error
@@ -56,6 +57,12 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         given = copy.deepcopy(args[0]) if args else None  # instantiate resolves nodes in place
         try:
             return fn(*args, **kwargs)
+        except SIGTERMException as err:  # a SystemExit: `last.ckpt` was saved on the way out
+            if full_trace():
+                raise
+            where = getattr(err, "resume_hint", "")
+            sys.stderr.write(f"error: stopped by SIGTERM{' ' + where if where else ''}\n")
+            sys.exit(2)
         except Exception as err:
             cause = user_error(err) or config_error(err, given, task_overrides()) or disk_error(err)
             if cause is None or full_trace():

@@ -30,6 +30,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from difftune.errors import DifftuneError
 
+#: command-line keys of earlier versions -> where they live now
+MOVED = {
+    "on_nonfinite": "callbacks.nonfinite.on_nonfinite",
+    "max_consecutive_nonfinite": "callbacks.nonfinite.max_consecutive",
+}
 SUBMITIT_HINT = "pip install hydra-submitit-launcher (it is in difftune's dependencies)"
 
 
@@ -68,7 +73,7 @@ def check_hardware(cfg: DictConfig, multirun: bool = False) -> None:
         )
 
 
-def _one_line(err: Exception, override_strings: list[str]) -> str:
+def _one_line(err: Exception, override_strings: list[str], config_name: str) -> str:
     text = str(err)
     missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
     if missing:
@@ -84,9 +89,11 @@ def _one_line(err: Exception, override_strings: list[str]) -> str:
     if unknown:
         key = unknown.group(1)
         given = next((o for o in override_strings if o.split("=", 1)[0].lstrip("+~") == key), key)
+        if key in MOVED:
+            return f"{given}: this key moved; use {MOVED[key]}={given.partition('=')[2]}"
         return (
             f"{given}: no such key; '+{given}' adds a new one, and "
-            "`python train.py --cfg job` lists the keys there are"
+            f"`python {config_name}.py --cfg job` lists the keys there are"
         )
     return text.strip().splitlines()[0]
 
@@ -155,8 +162,8 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
                 if "trainer" in cfg:
                     check_hardware(cfg, multirun=multirun)
     except (ConfigCompositionException, MissingConfigException, OmegaConfBaseException) as err:
-        raise DifftuneError(_one_line(err, list(args.overrides))) from None
+        raise DifftuneError(_one_line(err, list(args.overrides), config_name)) from None
     except HydraException as err:
-        raise DifftuneError(_one_line(err, list(args.overrides))) from None
+        raise DifftuneError(_one_line(err, list(args.overrides), config_name)) from None
     finally:
         HydraConfig.instance().cfg = previous

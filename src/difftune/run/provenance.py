@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.experimental.callback import Callback
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.run.redaction import redact, redact_text
+from difftune.run.run_dir import reuse_refusal
 
 PACKAGES = ("difftune", "torch", "diffusers", "lightning", "hydra-core", "torchmetrics")
 
@@ -62,3 +65,16 @@ def record_run(cfg: DictConfig, output_dir: Path) -> Path:
     path = output_dir / "run_info.json"
     path.write_text(json.dumps(info, indent=2) + "\n")
     return path
+
+
+class RunRecord(Callback):
+    """Hydra callback: as each job starts, rank 0 records it in its run dir (`record_run`), unless
+    that dir holds another run's work, which the job then refuses without touching it."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if rank_zero_only.rank != 0:
+            return
+        job_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        run_dir = Path(job_cfg.paths.output_dir)
+        if reuse_refusal(job_cfg, run_dir) is None:
+            record_run(job_cfg, run_dir)

@@ -15,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.errors import DifftuneError
@@ -104,6 +105,18 @@ def latest_checkpoint(cfg: DictConfig) -> Path:
             "pass ckpt_path=..."
         )
     return scored[0][2]
+
+
+def checkpoint_to_resume(cfg: DictConfig) -> str | None:
+    """The checkpoint this run starts from: `ckpt_path`, or with `resume=true` the newest of this
+    configuration's runs. Indexes this run (rank 0), so that a later `resume=true` finds it."""
+    ckpt_path = cfg.get("ckpt_path")
+    if cfg.get("resume"):
+        ckpt_path = str(latest_checkpoint(cfg))
+        log.info("resume=true: resuming from %s", ckpt_path)
+    if rank_zero_only.rank == 0:
+        register_run(cfg)
+    return ckpt_path
 
 
 def continue_in_its_dir(config_dir: Path, config_name: str, argv: list[str]) -> list[str]:

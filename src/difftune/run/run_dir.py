@@ -39,7 +39,9 @@ def claim_run_dir(cfg: DictConfig) -> Iterator[None]:
     if cfg.get("export_dir"):
         check_export_dir(Path(cfg.export_dir))
     with _locked(run_dir):
-        _refuse_reuse(cfg, run_dir)
+        refusal = reuse_refusal(cfg, run_dir)
+        if refusal is not None:
+            raise DifftuneError(refusal)
         yield
 
 
@@ -81,8 +83,9 @@ def _locked(run_dir: Path) -> Iterator[None]:
         yield  # closing the file drops the lock
 
 
-def _refuse_reuse(cfg: DictConfig, run_dir: Path) -> None:
-    """A dir holding checkpoints or this run's export is only for the run that continues them."""
+def reuse_refusal(cfg: DictConfig, run_dir: Path) -> str | None:
+    """Why this run may not write to `run_dir`, or None: a dir holding checkpoints or this run's
+    export is only for the run that continues them."""
     root = run_dir.resolve()
     found = [p.relative_to(run_dir) for p in run_dir.glob("**/*.ckpt")]
     work = sorted(str(p) for p in found if not p.parts[0].startswith("."))
@@ -91,9 +94,9 @@ def _refuse_reuse(cfg: DictConfig, run_dir: Path) -> None:
         if export_dir.is_relative_to(root) and (export_dir / "model_index.json").is_file():
             work.append(str(export_dir.relative_to(root)))
     if not work or _continues(cfg, run_dir):
-        return
+        return None
     shown = ", ".join(work[:3]) + (", ..." if len(work) > 3 else "")
-    raise DifftuneError(
+    return (
         f"paths.output_dir={run_dir} already holds a run's work ({shown}); continue "
         "that run with resume=true (or ckpt_path=<one of its checkpoints>), or write to a new dir "
         "(hydra.run.dir=...)"

@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from difftune.errors import DifftuneError
 from difftune.run.redaction import redact_text
 
 METRICS = ("train/loss", "val/loss")
@@ -123,3 +124,14 @@ class SweepSummary(Callback):
         rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
         write_tables(sweep_dir, rows)
         write_montage(sweep_dir, rows)
+
+
+def objective(metrics: dict[str, float], key: str | None) -> dict[str, float] | float:
+    """What a job returns to Hydra: every final metric, or the one an optimising sweeper needs."""
+    if key is None:
+        return metrics
+    if key not in metrics:
+        raise DifftuneError(
+            f"objective={key}: not among the final metrics ({', '.join(sorted(metrics))})"
+        )
+    return metrics[key]

@@ -1,0 +1,91 @@
+"""Undecodable images: `data/skipped` per epoch, named once per epoch and per validation."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+log = logging.getLogger(__name__)
+
+LIST_NAME = "skipped_images.txt"
+SHOWN = 3  # files named in the log line
+
+
+class SkipReport:
+    """Collects the `skipped` / `skipped_files` of each batch and reports them per split."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
+
+    def add(self, split: str, batch: dict[str, Any]) -> int:
+        """Record a batch's skipped images; return how many there were."""
+        reasons = list(batch.get("skipped", ()))
+        files = list(batch.get("skipped_files", ())) or [""] * len(reasons)
+        self.pending[split].extend(zip(reasons, files, strict=True))
+        return len(reasons)
+
+    def flush(self, split: str, when: str, trainer: Any) -> None:
+        """Log `<when>: skipped K undecodable images (reasons): files`, append them to the list."""
+        items, self.pending[split] = self.pending[split], []
+        if not items:
+            return
+        reasons = Counter(reason for reason, _ in items)
+        why = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        names = [Path(source).name for _, source in items if source]
+        shown = ", ".join(names[:SHOWN]) + (
+            f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+        )
+        where = self._write(split, when, items, trainer)
+        held = " held-out" if split == "val" else ""
+        log.warning(
+            "%s: skipped %d undecodable%s images (%s)%s%s", when, len(items), held, why,
+            f": {shown}" if shown else "", f"; all listed in {where}" if where else "",
+        )  # fmt: skip
+
+    @staticmethod
+    def _write(split: str, when: str, items: list[tuple[str, str]], trainer: Any) -> Path | None:
+        """Append `split<TAB>when<TAB>reason<TAB>file` lines to the run dir's list (rank 0)."""
+        root = getattr(trainer, "default_root_dir", None)
+        if root is None or not getattr(trainer, "is_global_zero", True):
+            return None
+        path = Path(root) / LIST_NAME
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.writelines(f"{split}\t{when}\t{r}\t{s or '<bytes>'}\n" for r, s in items)
+        except OSError as err:  # the report must not end a run
+            log.warning("could not write %s: %s", path, err)
+            return None
+        return path
+
+
+class SkippedImages(Callback):
+    """Reads each batch's `skipped` / `skipped_files` (the DataModule's collate) and reports them:
+    one log line per training epoch and per validation, the full list in `skipped_images.txt`."""
+
+    def __init__(self) -> None:
+        self.report = SkipReport()
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        skipped = self.report.add("train", batch)
+        pl_module.log(
+            "data/skipped", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum",
+            sync_dist=True,
+        )  # fmt: skip
+
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self.report.add("val", batch)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.report.flush("train", f"epoch {trainer.current_epoch}", trainer)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.report.flush("val", f"validation at step {trainer.global_step}", trainer)

@@ -1,0 +1,58 @@
+"""A folder of bad images trains, and its skips are reported once per epoch, with reasons."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from difftune.run.train import train
+from helpers.compose import compose_train, shrink
+from helpers.images import write_mixed_folder
+
+
+def test_a_folder_of_bad_images_trains_and_reports_skips_once_per_epoch(tmp_path, caplog):
+    folder = tmp_path / "images"
+    write_mixed_folder(folder)  # 7 convertible modes + truncated, zero-byte, text-as-png
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(folder / "tiny.png")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(folder / f"ok{i}.png")
+    big = Image.new("RGB", (200, 200), (1, 2, 3))
+    big.save(folder / "bomb.png")  # over the limit set below: PIL's decompression-bomb error
+    cfg = shrink(
+        compose_train("data=imagefolder", f"data.data_dir={folder}", "data.val_size=8",
+                      "data.batch_size=4", "data.image_size=32", output_dir=tmp_path / "run"),
+        steps=8,
+    )  # fmt: skip
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 200 * 200 // 2 - 1  # PIL raises above 2x this
+    try:
+        with caplog.at_level(logging.WARNING, logger="difftune.callbacks.skipped_images"):
+            train(cfg)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    reports = [r.getMessage() for r in caplog.records if "undecodable images" in r.getMessage()]
+    assert reports, "no per-epoch report"
+    held_out = [r.getMessage() for r in caplog.records if "undecodable held-out" in r.getMessage()]
+    assert held_out and all(r.startswith("validation at step ") for r in held_out)
+    for report in reports:  # one line per epoch, with the reasons, never one per image
+        assert report.startswith("epoch ") and "skipped" in report
+    epochs = {r.split(":")[0] for r in reports}
+    assert len(epochs) == len(reports)
+    text = " ".join(reports + held_out)
+    for reason in ("truncated", "empty file", "unreadable", "decompression bomb"):
+        assert reason in text, (reason, reports)
+    # each report names its first files and where all of them are listed
+    listed = tmp_path / "run" / "skipped_images.txt"
+    assert all(f"all listed in {listed}" in r for r in reports)
+    assert any(name in text for name in ("truncated.jpg", "empty.png", "text.png", "bomb.png"))
+    rows = [line.split("\t") for line in listed.read_text().splitlines()]
+    assert {row[0] for row in rows} == {"train", "val"}  # held-out skips are reported too
+    assert {Path(row[3]).name for row in rows} == {
+        "truncated.jpg",
+        "empty.png",
+        "text.png",
+        "bomb.png",
+    }
+    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()

@@ -1,0 +1,125 @@
+"""The DataModule: batches with skip counts, deterministic splits and order, argument errors."""
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from difftune.data import ImageDataModule
+from difftune.data.decode import decode_image
+from difftune.errors import DifftuneError
+from helpers.images import loader_images, write_mixed_folder
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_imagefolder_batches_count_skipped(tmp_path: Path, num_workers: int) -> None:
+    write_mixed_folder(tmp_path / "mixed")
+    dm = ImageDataModule(
+        source="imagefolder",
+        data_dir=str(tmp_path / "mixed"),
+        image_size=16,
+        batch_size=4,
+        val_size=0,
+        flip=False,
+        num_workers=num_workers,
+    )
+    dm.setup("fit")
+    assert (dm.num_train, dm.num_val) == (10, 0)
+    images, skipped = loader_images(dm.train_dataloader())
+    assert len(images) == 7
+    assert skipped == Counter({"truncated": 1, "empty file": 1, "unreadable": 1})
+    for x in images:
+        assert x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
+
+
+def test_val_loader_is_deterministic_and_centered(image_folder: Path) -> None:
+    dm = ImageDataModule(
+        source="imagefolder", data_dir=str(image_folder), val_size=4, image_size=24, batch_size=3,
+        random_crop=True,
+    )  # fmt: skip
+    first, _ = loader_images(dm.val_dataloader())
+    second, _ = loader_images(dm.val_dataloader())
+    assert len(first) == 4 and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    files = sorted(str(p) for p in image_folder.iterdir())
+    expected = [decode_image(files[i], 24) for i in dm.val_dataset.indices]  # centre, no flip
+    assert all(torch.equal(a, b) for a, b in zip(first, expected, strict=True))
+
+
+def test_all_corrupt_folder_fails_at_setup(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "b.png").write_text("not a png")
+    dm = ImageDataModule(source="imagefolder", data_dir=str(tmp_path))
+    with pytest.raises(DifftuneError, match=r"no decodable image in .* \(2 tried: .*empty file"):
+        dm.setup("fit")
+
+
+def test_folder_without_images_fails_at_setup(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DifftuneError, match="contains no image files"):
+        ImageDataModule(source="imagefolder", data_dir=str(tmp_path)).setup()
+
+
+def test_split_is_disjoint_and_deterministic() -> None:
+    def split(seed: int) -> tuple[list[int], list[int]]:
+        dm = ImageDataModule(num_images=40, val_size=8, seed=seed)
+        dm.setup("fit")
+        return dm.train_dataset.indices, dm.val_dataset.indices
+
+    train, val = split(0)
+    assert len(train) == 32 and len(val) == 8 and not set(train) & set(val)
+    assert set(train) | set(val) == set(range(40))
+    assert split(0) == (train, val) and split(1) != (train, val)
+
+
+def test_train_order_is_reproducible(image_folder: Path) -> None:
+    def first_batch(seed: int) -> torch.Tensor:
+        dm = ImageDataModule(
+            source="imagefolder",
+            data_dir=str(image_folder),
+            val_size=2,
+            image_size=16,
+            batch_size=5,
+            seed=seed,
+        )
+        torch.manual_seed(123)
+        return next(iter(dm.train_dataloader()))["images"]
+
+    assert torch.equal(first_batch(0), first_batch(0))
+    assert not torch.equal(first_batch(0), first_batch(1))
+
+
+def test_synthetic_batches() -> None:
+    dm = ImageDataModule(num_images=20, val_size=4, image_size=16, batch_size=8)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (8, 3, 16, 16) and batch["skipped"] == []
+    assert (dm.num_train, dm.num_val, dm.image_size) == (16, 4, 16)
+
+
+def test_val_size_is_clamped_and_max_images(image_folder: Path) -> None:
+    dm = ImageDataModule(source="imagefolder", data_dir=str(image_folder), val_size=64)
+    with pytest.warns(UserWarning, match="val_size=64 clamped to 11"):
+        dm.setup()
+    assert (dm.num_train, dm.num_val) == (1, 11)
+    dm = ImageDataModule(source="imagefolder", data_dir=str(image_folder), max_images=5, val_size=2)
+    assert (dm.num_train, dm.num_val) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"source": "foo"}, "data.source='foo' is not one of synthetic, hf, imagefolder"),
+        ({"batch_size": 0}, "data.batch_size=0 must be >= 1"),
+        ({"num_workers": -1}, "data.num_workers=-1 must be >= 0"),
+        ({"val_size": -1}, "data.val_size=-1 must be >= 0"),
+        ({"max_images": 0}, "data.max_images=0 must be >= 1"),
+        ({"style": "sepia"}, "data.style='sepia' is not one of photo, vintage"),
+        ({"source": "hf"}, "data.dataset_name=None: data.source=hf needs a dataset, e.g."),
+        ({"source": "imagefolder"}, "data.data_dir=None: data=imagefolder needs the folder"),
+        ({"source": "imagefolder", "data_dir": "/no/such/dir"}, "'/no/such/dir' is not an exist"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(DifftuneError, match=message.replace("(", r"\(")) as err:
+        ImageDataModule(**kwargs)
+    assert "\n" not in str(err.value)

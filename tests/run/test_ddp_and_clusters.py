@@ -1,0 +1,87 @@
+"""DDP on the CPU (one run of two processes, sweeps through torchrun), submitit, SLURM's config."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from safetensors.torch import load_file
+
+from helpers.cli import SHRINK_CLI, run_cli
+from helpers.compose import CONF, ROOT
+from helpers.runs import summary_rows, unet_weights
+
+
+@pytest.mark.slow
+def test_ddp_cpu_two_processes_write_one_run(tmp_path):
+    result = run_cli("hardware=ddp_cpu", *SHRINK_CLI, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "train.log").read_text()
+    assert "effective batch 32 (world size 2)" in log
+    assert (tmp_path / "train_ddp_process_1.log").is_file()  # the second rank ran
+    hparams = (tmp_path / "hparams.yaml").read_text()
+    assert "effective_batch: 32" in hparams and "world_size: 2" in hparams
+    with open(tmp_path / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert steps == [0, 1, 2, 3]  # one row per step: rank 0 logs the loss reduced over ranks
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "step_000000.png", "step_000004.png"
+    ]  # fmt: skip
+    weights = unet_weights(tmp_path)
+    base = load_file(
+        ROOT / "src/difftune/assets/tiny_base/unet/diffusion_pytorch_model.safetensors"
+    )
+    assert weights.keys() == base.keys()
+    assert any(not torch.equal(weights[k], base[k]) for k in base)
+
+
+@pytest.mark.slow
+def test_ddp_sweep_through_torchrun_runs_each_job_once_on_both_ranks(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "train.py", "-m", "hardware=ddp_cpu", "model.optimizer.lr=1e-4,3e-4", *SHRINK_CLI,
+         f"hydra.sweep.dir={tmp_path}"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = summary_rows(tmp_path)
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed")]
+    for job in ("0", "1"):
+        assert "world_size: 2" in (tmp_path / job / "hparams.yaml").read_text()
+        assert (tmp_path / job / "pipeline" / "model_index.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name[0] != ".") == [
+        "0",
+        "1",
+    ]  # no second sweep started by rank 1
+
+
+@pytest.mark.slow
+def test_a_job_through_the_submitit_local_launcher(tmp_path):
+    result = run_cli(
+        "-m", "hydra/launcher=submitit_local", *SHRINK_CLI, f"hydra.sweep.dir={tmp_path}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = summary_rows(tmp_path)
+    assert len(rows) == 1 and rows[0]["status"] == "completed"
+    assert (tmp_path / "0" / "pipeline" / "model_index.json").is_file()
+    assert list((tmp_path / ".submitit").glob("*/*_result.pkl"))  # submitit ran it as a job
+
+
+def test_slurm_config_one_task_per_gpu_and_lightnings_requeue_signal():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["hardware=slurm", "hydra.launcher.gpus_per_node=4"],
+            return_hydra_config=True,
+        )  # fmt: skip
+    HydraConfig.instance().set_config(cfg)  # what a job sees: ${hydra:...} resolves
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 4
+    assert launcher.additional_parameters.signal == "USR1@120" and launcher.max_num_timeout > 0
+    assert cfg.trainer.devices == 4 and cfg.trainer.num_nodes == 1  # read from the launcher
+    assert cfg.trainer.strategy == "ddp" and str(cfg.hydra.mode) == "RunMode.MULTIRUN"

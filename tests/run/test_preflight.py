@@ -1,0 +1,80 @@
+"""Bad input before any job starts: every job of a sweep composed up front, one line each."""
+
+import pytest
+
+import difftune.run.preflight as preflight
+from difftune.errors import DifftuneError
+from difftune.run.preflight import check_command_line
+from helpers.cli import run_cli
+from helpers.compose import CONF
+
+
+def test_sweep_over_an_unknown_key_is_one_line_before_any_job(tmp_path):
+    result = run_cli(
+        "-m", "model.optimizer.lr=1e-4,1e-3", "model.lr=3", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: model.lr=3: no such key; '+model.lr=3' adds a new one, and "
+        "`python train.py --cfg job` lists the keys there are"
+    ]
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # no job started
+
+
+def test_unknown_option_lists_the_valid_ones():
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, "train", ["-m", "hardware=tpu", "seed=0,1"])
+    assert str(err.value) == (
+        "hardware=tpu: no such option; valid: cpu, ddp_cpu, gpu, multi_gpu, slurm"
+    )
+
+
+def test_multi_gpu_without_a_gpu_is_one_line(monkeypatch):
+    monkeypatch.setattr(preflight.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DifftuneError, match=r"^hardware=multi_gpu: trainer.accelerator=gpu but no"):
+        check_command_line(CONF, "train", ["hardware=multi_gpu"])
+
+
+def test_an_experiment_that_sets_a_gpu_is_named_not_the_key_it_set(monkeypatch):
+    monkeypatch.setattr(preflight.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, "train", ["experiment=vintage_faces"])
+    assert str(err.value).startswith(
+        "experiment=vintage_faces (it sets hardware=gpu): trainer.accelerator=gpu but no CUDA GPU"
+    )
+    assert "add hardware=cpu" in str(err.value)
+    with pytest.raises(DifftuneError, match=r"^hardware=gpu: "):  # typed: named as typed
+        check_command_line(CONF, "train", ["experiment=vintage_faces", "hardware=gpu"])
+
+
+@pytest.mark.parametrize("script", ["train", "sample"])
+def test_a_comma_without_m_shows_the_quoting_or_the_sweep_flag(script):
+    """The README's CLIP prompt as bash passes it unquoted: Hydra would call it ambiguous."""
+    prompt = "Red Rose, red flower painting"
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, script, ["guidance=clip", f"guidance.prompt={prompt}"])
+    assert str(err.value) == (
+        f"guidance.prompt={prompt}: Hydra reads a comma as a list of values to sweep; for text "
+        "with commas quote it for Hydra inside the shell's quotes: "
+        f"'guidance.prompt=\"{prompt}\"'; to sweep, add -m"
+    )
+    check_command_line(CONF, script, ["guidance=clip", f'guidance.prompt="{prompt}"'])  # quoted
+
+
+def test_ddp_in_a_sweep_needs_a_rank_launcher(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(DifftuneError, match="hardware=ddp_cpu with -m: .* torchrun"):
+        check_command_line(CONF, "train", ["-m", "hardware=ddp_cpu", "seed=0,1"])
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")  # torchrun made the ranks: fine
+    check_command_line(CONF, "train", ["-m", "hardware=ddp_cpu", "seed=0,1"])
+
+
+def test_slurm_without_the_submitit_launcher_is_one_line():
+    # What Hydra says when the launcher plugin is not installed: its config is not found.
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, "train", ["hardware=slurm", "hydra/launcher=submitit_gone"])
+    assert str(err.value) == (
+        "hardware=slurm needs the Hydra submitit launcher: pip install hydra-submitit-launcher "
+        "(it is in difftune's dependencies)"
+    )

@@ -1,0 +1,127 @@
+"""`sample.py` / `sample_images(cfg)`: files written, the `scheduler` config group, bad input."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from PIL import Image
+
+from difftune.errors import DifftuneError
+from difftune.hub.pipelines import load_noise_scheduler
+from difftune.pictures.images import save_grid
+from difftune.run.sample_images import make_scheduler, sample_images
+from helpers.compose import CONF, ROOT, compose_sample
+
+SCHEDULER_CLASSES = {
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+    "dpm_solver": DPMSolverMultistepScheduler,
+}
+
+
+def test_sampling_a_local_pipeline_writes_grid_images_and_progression(tiny_pipeline_dir, tmp_path):
+    cfg = compose_sample(
+        f"pretrained={tiny_pipeline_dir}", "num_images=5", "batch_size=2", "num_inference_steps=6",
+        "progression_every=2", "image_size=24", "guidance=color", output_dir=tmp_path,
+    )  # fmt: skip
+    grid = sample_images(cfg)
+    images = sorted((tmp_path / "images").iterdir())
+    assert [p.name for p in images] == [f"{i:04d}.png" for i in range(5)]
+    assert Image.open(images[0]).size == (24, 24) and Image.open(images[0]).mode == "RGB"
+    assert Image.open(grid).size == (2 + 3 * 26, 2 + 2 * 26)  # 5 images, ⌈√5⌉ = 3 per row
+    assert Image.open(tmp_path / "progression.png").size[1] > 4 * 40  # rows at steps 0, 2, 4, 5
+
+
+def test_a_guided_sample_writes_the_unguided_grid_of_the_same_noise_beside_it(
+    tiny_pipeline_dir, tmp_path
+):
+    common = (f"pretrained={tiny_pipeline_dir}", "num_images=4", "batch_size=2",
+              "num_inference_steps=4", "scheduler=ddpm")  # fmt: skip
+    sample_images(compose_sample(*common, "guidance=color", output_dir=tmp_path / "guided"))
+    sample_images(compose_sample(*common, output_dir=tmp_path / "plain"))
+    guided, plain = tmp_path / "guided", tmp_path / "plain"
+    # the same noise (DDPM's per-step noise too): exactly the unguided run's grid
+    assert (guided / "grid_unguided.png").read_bytes() == (plain / "grid.png").read_bytes()
+    assert (guided / "grid.png").read_bytes() != (plain / "grid.png").read_bytes()
+    comparison = Image.open(guided / "comparison.png")  # two labelled panels, enlarged 4x
+    assert comparison.size == (2 * 4 * 38 + 8, 28 + 4 * 38)  # 2x2 images of 16 px, 2 px gaps
+    assert not (plain / "comparison.png").exists()
+
+
+def test_same_seed_same_images_and_a_run_dir_is_a_valid_source(tiny_pipeline_dir, tmp_path):
+    run_dir = tmp_path / "run"  # a training run dir holds its export in pipeline/
+    (run_dir / "pipeline").parent.mkdir()
+    (run_dir / "pipeline").symlink_to(tiny_pipeline_dir)
+    outputs = []
+    for name, source in (("a", tiny_pipeline_dir), ("b", run_dir)):
+        cfg = compose_sample(f"pretrained={source}", "num_images=2", "num_inference_steps=3",
+                             output_dir=tmp_path / name)  # fmt: skip
+        sample_images(cfg)
+        outputs.append((tmp_path / name / "grid.png").read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "scheduler").glob("*.yaml")))
+def test_every_scheduler_option_builds_from_the_pipelines_noise_schedule(option, tmp_path):
+    cfg = compose_sample(f"scheduler={option}", "num_inference_steps=7", output_dir=tmp_path)
+    scheduler = make_scheduler(cfg)  # the embedded base: squaredcos_cap_v2, v_prediction
+    trained = load_noise_scheduler(cfg.pretrained)
+    assert type(scheduler) is SCHEDULER_CLASSES[option] and len(scheduler.timesteps) == 7
+    assert scheduler.config.prediction_type == "v_prediction"
+    torch.testing.assert_close(scheduler.alphas_cumprod, trained.alphas_cumprod)
+
+
+def test_an_unknown_scheduler_is_one_line_naming_the_options(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "sample.py", "scheduler=euler", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == ["error: scheduler=euler: no such option; valid: ddim, ddpm, dpm_solver"]
+
+
+def test_plot_schedules(tiny_pipeline_dir, tmp_path):
+    cfg = compose_sample(f"pretrained={tiny_pipeline_dir}", "plot=schedules", output_dir=tmp_path)
+    path = sample_images(cfg)
+    assert path.name == "schedules.png" and Image.open(path).size == (800, 450)
+
+
+def test_embedded_default_samples_offline(tmp_path):
+    sample_images(compose_sample("num_images=4", "num_inference_steps=10", output_dir=tmp_path))
+    grid = torch.tensor(list(Image.open(tmp_path / "grid.png").convert("L").getdata()), dtype=float)
+    assert grid.std() > 20  # real pictures, not a flat or blank grid
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("num_inference_steps=0", r"num_inference_steps=0: expected >= 1 \(an integer\)"),
+        ("num_images=0", "num_images=0 must be an integer >= 1"),
+        ("plot=curves", "plot='curves' is not one of schedules"),
+        ("image_size=25", "image_size=25 cannot go through this UNet: use a multiple of 2"),
+    ],
+)
+def test_bad_input(override, message, tiny_pipeline_dir, tmp_path):
+    with pytest.raises(DifftuneError, match=message):
+        sample_images(
+            compose_sample(f"pretrained={tiny_pipeline_dir}", override, output_dir=tmp_path)
+        )
+
+
+def test_empty_prompt_is_one_line_from_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "sample.py", "guidance=clip", "guidance.prompt=''",
+         "guidance.pretrained=null", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ClipLoss prompt=''")
+
+
+def test_save_grid_writes_model_space_as_pixels(tmp_path):
+    x = torch.stack([torch.full((3, 4, 4), -1.0), torch.full((3, 4, 4), 1.0)])
+    pixels = Image.open(save_grid(x, tmp_path / "g.png", nrow=2)).convert("L")
+    assert pixels.getpixel((3, 3)) == 0 and pixels.getpixel((9, 3)) == 255

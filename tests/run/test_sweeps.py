@@ -1,0 +1,84 @@
+"""Sweeps: every job runs and is summarised, the ready-made sweeps, a labelled montage, Optuna."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from helpers.cli import SHRINK_CLI, run_cli
+from helpers.compose import CONF
+from helpers.runs import summary_rows
+
+
+@pytest.mark.slow
+def test_multirun_runs_every_job_and_records_a_failed_one_in_the_summary(tmp_path):
+    result = run_cli("-m", "model.optimizer.lr=-1,1e-4", *SHRINK_CLI, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode != 0  # Hydra reports the failed job at the end
+    assert "error: model.optimizer.lr=-1 must be a number > 0" in result.stderr
+
+    rows = summary_rows(tmp_path)
+    assert [r["job"] for r in rows] == ["0", "1"]
+    assert rows[0]["status"].startswith("failed: DifftuneError: model.optimizer.lr=-1")
+    assert "model.optimizer.lr=-1" in rows[0]["overrides"] and rows[0]["train/loss"] == ""
+    assert rows[1]["status"] == "completed"  # the job after the failed one still ran
+    assert "model.optimizer.lr=0.0001" in rows[1]["overrides"]
+    assert 0 < float(rows[1]["train/loss"]) < 1 and 0 < float(rows[1]["val/loss"]) < 1
+    assert float(rows[1]["wall_s"]) > 0 and Path(rows[1]["path"]) == tmp_path / "1"
+    assert (tmp_path / "1" / "pipeline" / "model_index.json").is_file()
+    final = json.loads((tmp_path / "1" / "final_metrics.json").read_text())
+    assert float(rows[1]["train/loss"]) == pytest.approx(final["train/loss"])
+
+    markdown = (tmp_path / "summary.md").read_text().splitlines()
+    assert markdown[0].startswith("| job | status | overrides | train/loss | val/loss |")
+    assert len(markdown) == 4 and "| completed |" in markdown[3]
+
+
+def test_ready_sweeps_compose_as_multiruns():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        lr = compose("train", overrides=["sweep=lr"], return_hydra_config=True)
+        scale = compose("sample", overrides=["sweep=guidance_scale"], return_hydra_config=True)
+        optuna = compose("train", overrides=["sweep=lr_optuna"], return_hydra_config=True)
+    assert str(lr.hydra.mode) == "RunMode.MULTIRUN"
+    assert lr.hydra.sweeper.params["model.optimizer.lr"] == "1e-4,3e-4,1e-3"
+    assert "kid" in lr.callbacks  # every job of the lr sweep measures KID
+    assert scale.hydra.sweeper.params["guidance.scale"] == "0,20,40,80"
+    assert scale.guidance._target_ == "difftune.guidance.color_guidance"
+    assert "OptunaSweeper" in optuna.hydra.sweeper._target_
+    assert optuna.objective == "val/kid_small" and optuna.hydra.sweeper.direction == "minimize"
+
+
+@pytest.mark.slow
+def test_a_guidance_scale_sweep_leaves_one_labelled_montage(tmp_path):
+    result = run_cli(
+        "-m", "guidance=color", "guidance.scale=0,60", "num_images=4", "batch_size=4",
+        "num_inference_steps=3", f"hydra.sweep.dir={tmp_path}", script="sample.py",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    grids = [Image.open(tmp_path / job / "grid.png").convert("RGB") for job in ("0", "1")]
+    montage = Image.open(tmp_path / "montage.png").convert("RGB")
+    factor = 256 // grids[0].width + (256 % grids[0].width > 0)  # enlarged to >= 256 px
+    side = grids[0].width * factor
+    assert montage.size == (2 * side + 8, 28 + side)
+    for k, grid in enumerate(grids):  # each job's grid, enlarged, under its overrides
+        panel = montage.crop((k * (side + 8), 28, k * (side + 8) + side, 28 + side))
+        assert list(panel.resize(grid.size, Image.Resampling.NEAREST).getdata()) == list(
+            grid.getdata()
+        )
+    assert [r["status"] for r in summary_rows(tmp_path)] == ["completed", "completed"]
+
+
+@pytest.mark.slow
+def test_optuna_sweep_minimises_the_objective_and_summarises(tmp_path):
+    result = run_cli(
+        "sweep=lr_optuna", "hydra.sweeper.n_trials=2", "callbacks.kid.num_samples=8",
+        "callbacks.kid.num_inference_steps=2", *SHRINK_CLI, f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    rows = summary_rows(tmp_path)
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
+    kids = [float(r["metrics"].split("val/kid_small=")[1].split()[0]) for r in rows]
+    assert best["best_value"] == pytest.approx(min(kids), rel=1e-3)  # the summary shows 4 digits

@@ -1,0 +1,194 @@
+"""`train(cfg)` from the real config: experiments, the offline default, resume, bad input."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMPipeline
+from omegaconf import open_dict
+from PIL import Image
+
+import difftune.hub.pipelines as pipeline_io
+from difftune.errors import DifftuneError
+from difftune.run.train import build, train
+from helpers.compose import ROOT, compose_train, shrink
+
+
+@pytest.mark.parametrize(
+    "experiment, expected",
+    [
+        ("vintage_faces", dict(size=128, batch=8, accumulate=2, lr=1e-5, grid=100, ckpt=1000)),
+        ("wikiart", dict(size=256, batch=4, accumulate=2, lr=1e-5, grid=250, ckpt=2500)),
+    ],
+)
+def test_paper_experiments_compose_and_train_on_local_stand_ins(
+    experiment, expected, tiny_pipeline_dir, image_folder, tmp_path
+):
+    cfg = compose_train(f"experiment={experiment}", output_dir=tmp_path)
+    assert cfg.model.pretrained in {"google/ddpm-celebahq-256", "google/ddpm-bedroom-256"}
+    assert cfg.data.source == "hf" and cfg.trainer.precision == "bf16-mixed"
+    assert (cfg.data.image_size, cfg.data.batch_size) == (expected["size"], expected["batch"])
+    assert cfg.trainer.accumulate_grad_batches == expected["accumulate"]
+    assert cfg.model.optimizer.lr == expected["lr"]
+    assert cfg.callbacks.sample_grid.every_n_steps == expected["grid"]
+    assert cfg.callbacks.model_checkpoint.every_n_train_steps == expected["ckpt"]
+
+    # The same experiment with the hub ids swapped for a tiny local pipeline and image folder.
+    cfg = compose_train(
+        f"experiment={experiment}", f"model.pretrained={tiny_pipeline_dir}", "hardware=cpu",
+        "data.source=imagefolder", f"+data.data_dir={image_folder}", "data.image_size=32",
+        "data.val_size=2", "data.num_workers=0", output_dir=tmp_path,
+    )  # fmt: skip
+    datamodule, module, trainer = build(shrink(cfg, steps=2))
+    assert trainer.accumulate_grad_batches == expected["accumulate"]
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 2
+    assert (tmp_path / "samples" / "step_000002.png").is_file()
+
+
+@pytest.mark.slow
+def test_offline_default_end_to_end(cfg_train, tmp_path):
+    """`python train.py` as composed, shortened: every output of a run, loadable."""
+    cfg = shrink(cfg_train, steps=40)
+    with open_dict(cfg):
+        cfg.callbacks.sample_grid.update(every_n_steps=20, num_images=4, num_inference_steps=10)
+        cfg.trainer.val_check_interval = 20
+    metrics = train(cfg)
+
+    assert metrics["train/loss"] < 0.2 and metrics["val/loss"] < 0.2
+    samples = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert samples == ["step_000000.png", "step_000020.png", "step_000040.png"]
+    side = 2 * (2 + 2 * 34)  # 2x2 images of 32 px with 2 px gaps, enlarged 2x; 28 px of labels
+    assert Image.open(tmp_path / "samples" / "step_000040.png").size == (side, 28 + side)
+    assert Image.open(tmp_path / "loss_curve.png").size[0] > 400
+    csv = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert "train/loss" in csv[0] and "val/loss" in csv[0]
+    assert len([line for line in csv[1:] if line]) >= 40 // cfg.trainer.log_every_n_steps
+
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 40
+    pipeline = DDPMPipeline.from_pretrained(tmp_path / "pipeline")
+    exported = pipeline.unet.state_dict()
+    for key, value in checkpoint["state_dict"].items():
+        torch.testing.assert_close(exported[key.removeprefix("unet.")], value)
+    base = pipeline_io.load_unet("difftune/tiny_base").state_dict()
+    assert any(not torch.equal(base[k], exported[k]) for k in base)
+
+
+@pytest.mark.slow
+def test_resume_from_last_checkpoint_continues_the_run(tmp_path, tiny_pipeline_dir):
+    def run(out: Path, steps: int, *extra: str) -> dict:
+        model = f"model.pretrained={tiny_pipeline_dir}"
+        cfg = compose_train(model, "data.image_size=16", *extra, output_dir=out)
+        return train(shrink(cfg, steps=steps))
+
+    run(tmp_path / "first", 3)
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    run(tmp_path / "resumed", 6, f"ckpt_path={last}")
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == 6
+    with open(tmp_path / "resumed" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert min(steps) >= 3  # logging continued from the checkpoint's step, not from 0
+
+
+BAD_INPUTS = [
+    ("model.pretrained=/no/such/dir", "model.pretrained='/no/such/dir': no such directory"),
+    ("data.image_size=30", "data.image_size=30 cannot go through this UNet: use a multiple of 4"),
+    ("trainer.accumulate_grad_batches=0", "accumulate_grad_batches=0 must be an integer >= 1"),
+    ("model.optimizer.lr=-1e-5", "model.optimizer.lr=-1e-05 must be a number > 0"),
+    ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt does not exist"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_INPUTS)
+def test_bad_input_is_rejected_before_any_model_is_loaded(override, message, tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(pipeline_io.UNet2DModel, "from_pretrained", forbidden)
+    with pytest.raises(DifftuneError, match=message.replace("(", r"\(")):
+        train(compose_train(override, output_dir=tmp_path))
+
+
+def test_hub_model_offline_is_one_line_and_exit_status_2(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "train.py", "model=ddpm_celebahq_256", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "Traceback" not in result.stderr
+    assert "model.pretrained='google/ddpm-celebahq-256'" in error_lines[0]
+    assert "model=tiny_base" in error_lines[0]
+    # it is set already: say what it means instead of telling the user to set it
+    assert "HF_HUB_OFFLINE=1 is set, so only models already in the HF cache load" in error_lines[0]
+    assert "set HF_HUB_OFFLINE=1 to" not in error_lines[0]
+
+
+def test_dataset_without_decodable_images_fails_before_training(tmp_path, tiny_pipeline_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"")
+    (broken / "b.png").write_text("not an image")
+    cfg = compose_train(
+        f"model.pretrained={tiny_pipeline_dir}", "data=imagefolder", f"data.data_dir={broken}",
+        output_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(DifftuneError, match="no decodable image"):
+        train(shrink(cfg))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_ema_run_exports_the_averaged_weights(tmp_path, tiny_pipeline_dir):
+    cfg = compose_train(
+        f"model.pretrained={tiny_pipeline_dir}", "data.image_size=16", "ema=default",
+        "ema.decay=0.5", "ema.warmup=false", output_dir=tmp_path,
+    )  # fmt: skip
+    train(shrink(cfg, steps=3))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    exported = DDPMPipeline.from_pretrained(tmp_path / "pipeline").unet.state_dict()
+    ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    for key, value in ema.items():
+        torch.testing.assert_close(exported[key.removeprefix("unet.")], value)
+
+
+def test_push_to_hub_after_a_complete_export(tmp_path, tiny_pipeline_dir, monkeypatch, caplog):
+    import difftune.hub.push
+
+    calls = []
+    monkeypatch.setattr(
+        difftune.hub.push, "create_repo", lambda *a, **k: calls.append(("create", a, k))
+    )
+
+    def failing_upload(**kwargs):
+        calls.append(("upload", kwargs))
+        assert (Path(kwargs["folder_path"]) / "unet").is_dir()  # the export is complete first
+        raise OSError("no network")
+
+    monkeypatch.setattr(difftune.hub.push, "upload_folder", failing_upload)
+    cfg = compose_train(
+        f"model.pretrained={tiny_pipeline_dir}", "data.image_size=32", "push_to_hub=true",
+        "hub.repo_id=someone/tiny-vintage", output_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(DifftuneError, match="the local export at .* is complete; to retry") as err:
+        train(shrink(cfg, steps=2))  # the same rule as `python -m difftune.hub.export`: exit 2
+    assert "python -m difftune.hub.export --pipeline" in str(err.value)
+    assert [c[0] for c in calls] == ["create", "upload"]
+    assert calls[1][1]["repo_id"] == "someone/tiny-vintage"
+    card = (tmp_path / "pipeline" / "README.md").read_text()
+    assert "someone/tiny-vintage" in card and "library_name: diffusers" in card
+    pipe = DDPMPipeline.from_pretrained(tmp_path / "pipeline")
+    # the base samples at 16 px; the export at the resolution it was fine-tuned at
+    assert pipe.unet.config.sample_size == 32 and "| resolution | 32 px |" in card
+
+
+def test_push_to_hub_without_repo_id_is_rejected_first(tmp_path):
+    with pytest.raises(DifftuneError, match="push_to_hub=true needs hub.repo_id"):
+        train(compose_train("push_to_hub=true", output_dir=tmp_path))

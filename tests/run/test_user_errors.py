@@ -1,0 +1,186 @@
+"""A bad value is one `error:` line naming the key and the value, exit 2, before a model loads."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+import difftune.hub.pipelines as pipeline_io
+import difftune.run.sample_images as generate_module
+import difftune.run.train as train_module
+from difftune.errors import DifftuneError
+from difftune.run.preflight import check_command_line
+from difftune.run.sample_images import sample_images
+from difftune.run.train import train
+from helpers.cli import one_line_exit_2
+from helpers.compose import ROOT, compose_sample, compose_train
+
+
+def no_model_load(*args, **kwargs):
+    raise AssertionError("a UNet was loaded before the config was checked")
+
+
+@pytest.mark.parametrize(
+    "overrides, key_value",
+    [
+        ("trainer.max_steps=-5", "trainer.max_steps=-5"),
+        ("trainer.precision=fp17", "trainer.precision=fp17"),
+        ("trainer.max_time=00:01:xx:00", "trainer.max_time=00:01:xx:00"),
+        ("callbacks.model_checkpoint.every_n_train_steps=-3",
+         "callbacks.model_checkpoint.every_n_train_steps=-3"),
+        ("callbacks.sample_grid.every_n_steps=0", "callbacks.sample_grid.every_n_steps=0"),
+        ("callbacks.loss_curve.every_n_steps=0", "callbacks.loss_curve.every_n_steps=0"),
+        ("ema=default ema.decay=1.5", "ema.decay=1.5"),
+        ("guidance=color guidance.target_rgb=[red,0,0]", "guidance.target_rgb=[red, 0, 0]"),
+        ("guidance=clip guidance.n_cuts=four", "guidance.n_cuts=four"),
+        ("guidance=clip guidance.prompt=null", "ClipLoss prompt=None: expected non-empty text"),
+        ("model.optimizer.weight_decay=-0.1", "model.optimizer.weight_decay=-0.1"),
+        ("model.optimizer.lr=inf", "model.optimizer.lr=inf"),
+        ("seed=4294967296", "seed=4294967296"),
+        ("trainer.max_steps=0", "trainer.max_steps=0"),
+        ("callbacks.nonfinite.on_nonfinite=ignore",
+         "callbacks.nonfinite.on_nonfinite=ignore: on_nonfinite=ignore: expected skip"),
+        ("callbacks.nonfinite.max_consecutive=0", "callbacks.nonfinite.max_consecutive=0"),
+        ("data.batch_size=0", "data.batch_size=0 must be >= 1"),
+        ("data.image_size=abc", "data.image_size=abc cannot go through this UNet"),
+    ],
+)  # fmt: skip
+def test_train_rejects_a_bad_value_in_one_line_before_the_unet_loads(
+    overrides, key_value, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(pipeline_io, "load_unet", no_model_load)
+    cfg = compose_train(*overrides.split(" "), output_dir=tmp_path)
+    line = one_line_exit_2(train, cfg, capsys)
+    assert line.startswith(f"error: {key_value}"), line
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override, key_value",
+    [
+        ("seed=abc", "seed=abc"),
+        ("num_inference_steps=2000", "num_inference_steps=2000"),
+        ("guidance=color guidance.target_rgb=[0.1,x,0]", "guidance.target_rgb=[0.1, x, 0]"),
+        pytest.param("device=cuda", "device=cuda", marks=pytest.mark.skipif(
+            torch.cuda.is_available(), reason="needs a machine without a GPU")),
+    ],
+)  # fmt: skip
+def test_sample_rejects_a_bad_value_in_one_line_before_the_unet_loads(
+    override, key_value, tiny_pipeline_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(generate_module, "load_unet", no_model_load)
+    cfg = compose_sample(f"pretrained={tiny_pipeline_dir}", *override.split(" "),
+                         output_dir=tmp_path)  # fmt: skip
+    line = one_line_exit_2(sample_images, cfg, capsys)
+    assert line.startswith(f"error: {key_value}"), line
+    assert not (tmp_path / "grid.png").exists()
+
+
+def run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "HYDRA_FULL_ERROR")}
+    return subprocess.run(
+        [sys.executable, script, *args], cwd=ROOT, env={**environ, "OMP_NUM_THREADS": "1", **env},
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert all(text in lines[0] for text in expected), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "override, quoted",
+    [
+        ("data.data_dir=/data/with spaces (1)", "'data.data_dir=\"/data/with spaces (1)\"'"),
+        ("model.optimizer.betas=[0.9,0.99", "'model.optimizer.betas=\"[0.9,0.99\"'"),
+    ],
+)
+def test_an_unparsable_override_is_one_line_that_shows_the_quoting(override, quoted, tmp_path):
+    result = run("train.py", override, f"hydra.run.dir={tmp_path}")
+    assert_one_error_line(result, override, quoted)
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, multirun):
+    (tmp_path / "notes.txt").write_text("mine")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    args = ["-m"] if multirun else []
+    result = run("train.py", *args, f"{key}={tmp_path}/notes.txt/run")
+    assert_one_error_line(result, f"error: {key}={tmp_path}/notes.txt/run: ", "is a file")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_from_the_command_line_a_library_rejection_names_the_override(tmp_path):
+    result = run("train.py", "trainer.max_time=abc", f"hydra.run.dir={tmp_path}")
+    assert_one_error_line(result, "error: trainer.max_time=abc: ", "DD:HH:MM:SS")
+
+
+def test_debug_shows_the_full_traceback_instead_of_the_line(tmp_path):
+    assert_one_error_line(run("sample.py", "seed=abc", f"hydra.run.dir={tmp_path}"), "seed=abc")
+    result = run("sample.py", "seed=abc", f"hydra.run.dir={tmp_path}", DEBUG="1")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("on_nonfinite=stop", "callbacks.nonfinite.on_nonfinite=stop"),
+        ("max_consecutive_nonfinite=3", "callbacks.nonfinite.max_consecutive=3"),
+    ],
+)
+def test_a_moved_key_names_its_new_spelling(old, new):
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(ROOT / "conf", "train", [old])
+    assert str(err.value) == f"{old}: this key moved; use {new}"
+
+
+def test_sigterm_ends_in_one_line_with_the_resume_command(capsys):
+    def stopped(cfg):
+        err = SIGTERMException()
+        err.resume_hint = "at step 3; resume with ckpt_path=run/checkpoints/last.ckpt"
+        raise err
+
+    line = one_line_exit_2(stopped, None, capsys)
+    assert (
+        line
+        == "error: stopped by SIGTERM at step 3; resume with ckpt_path=run/checkpoints/last.ckpt"
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.optimizer.lr=0", "model.optimizer.lr=0 must be a number > 0"),
+        ("model.optimizer.lr=-1e-4", "model.optimizer.lr=-0.0001 must be a number > 0"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 must be an"),
+        ("data.image_size=30", "data.image_size=30 cannot go through this UNet: use a multiple of"),
+    ],
+)
+def test_bad_config_is_one_line_before_anything_loads(override, message, tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a model or dataset was loaded before the config was checked")
+
+    monkeypatch.setattr(train_module, "build", must_not_run)
+    monkeypatch.setattr(pipeline_io, "load_unet", must_not_run)
+    cfg = compose_train(*override.split(" "), output_dir=tmp_path)
+    with pytest.raises(DifftuneError) as err:
+        train(cfg)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_bf16_on_cpu_is_a_warning_not_an_error(tmp_path, monkeypatch):
+    def stop_after_checks(cfg):
+        raise RuntimeError("checks passed")
+
+    monkeypatch.setattr(train_module, "build", stop_after_checks)
+    cfg = compose_train("trainer.precision=bf16-mixed", output_dir=tmp_path)
+    slow = r"trainer.precision=bf16-mixed on CPU is ~25x slower"
+    with pytest.warns(UserWarning, match=slow), pytest.raises(RuntimeError, match="checks passed"):
+        train(cfg)
