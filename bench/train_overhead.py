@@ -16,6 +16,7 @@ from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 
+from difftune.callbacks import NonFiniteGuard
 from difftune.core.module import DiffusionFineTuner
 
 
@@ -75,9 +76,10 @@ def lightning_fit(batches: list[torch.Tensor], device: str, warmup: int) -> tupl
         make_unet(), DDPMScheduler(num_train_timesteps=1000),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5),
     )  # fmt: skip
-    timer = StepTimer(warmup)
+    timer = StepTimer(warmup)  # and the non-finite guard that conf/callbacks/default.yaml runs
     trainer = Trainer(
-        accelerator=device, devices=1, max_steps=len(batches), logger=False, callbacks=[timer],
+        accelerator=device, devices=1, max_steps=len(batches), logger=False,
+        callbacks=[timer, NonFiniteGuard()],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0,
     )  # fmt: skip

@@ -31,8 +31,8 @@ class PoisonBatches(Callback):
             batch["images"].fill_(float("nan"))
 
 
-def test_a_nan_batch_is_skipped_counted_and_training_goes_on(tmp_path):
-    cfg = shrink(compose_train(output_dir=tmp_path), steps=6)
+def test_a_nan_batch_is_skipped_counted_and_training_goes_on(cfg_train, tmp_path):
+    cfg = shrink(cfg_train, steps=6)
     with open_dict(cfg):
         cfg.trainer.log_every_n_steps = 1
     poison = PoisonBatches(step=2)

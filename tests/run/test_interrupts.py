@@ -30,8 +30,8 @@ def test_sigterm_saves_last_ckpt_and_the_run_resumes_from_it(tmp_path):
     assert step_of(tmp_path / "b" / "checkpoints" / "last.ckpt") == 8
 
 
-def test_ctrl_c_saves_last_ckpt_and_exits(tmp_path):
-    cfg = shrink(compose_train(output_dir=tmp_path), steps=8)
+def test_ctrl_c_saves_last_ckpt_and_exits(cfg_train, tmp_path):
+    cfg = shrink(cfg_train, steps=8)
     ctrl_c = AtStep(2, lambda trainer: os.kill(os.getpid(), signal.SIGINT))
     previous = signal.getsignal(signal.SIGINT)
     try:
