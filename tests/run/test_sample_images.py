@@ -118,7 +118,11 @@ def test_empty_prompt_is_one_line_from_the_command_line(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ClipLoss prompt=''")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: guidance.prompt=: ClipLoss prompt=''")
+    )
 
 
 def test_save_grid_writes_model_space_as_pixels(tmp_path):

@@ -30,7 +30,7 @@ from difftune.callbacks.periodic import EveryNSteps
 from difftune.core.ema import ema_unet
 from difftune.errors import DifftuneError
 from difftune.metrics.distance import compute_distances, distance_metrics
-from difftune.metrics.features import build_feature_extractor, feature_name
+from difftune.metrics.features import FEATURES, build_feature_extractor, feature_name
 from difftune.pictures.images import to_unit
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ class KIDCallback(EveryNSteps):
     ) -> None:
         if every_n_steps < 1:
             raise DifftuneError(f"callbacks.kid.every_n_steps={every_n_steps} must be >= 1")
+        if isinstance(features, str) and features not in FEATURES:
+            raise DifftuneError(
+                f"callbacks.kid.features={features!r} is not one of {', '.join(FEATURES)}"
+            )
         if num_samples < 2:
             raise DifftuneError(f"callbacks.kid.num_samples={num_samples} must be >= 2")
         if num_real is not None and num_real < 2:

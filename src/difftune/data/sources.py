@@ -22,6 +22,8 @@ def _one_line(text: str, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# Not datasets' load_dataset("imagefolder"): it takes subfolders named train/, test/ for splits and
+# drops the others (tests/data/test_folder_listing.py); a user's folder is read whole.
 def list_image_files(data_dir: str | Path) -> list[str]:
     """Image files under `data_dir` (recursive, sorted, hidden files and folders left out)."""
     root = Path(data_dir)

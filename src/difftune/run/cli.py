@@ -64,7 +64,7 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.stderr.write(f"error: stopped by SIGTERM{' ' + where if where else ''}\n")
             sys.exit(2)
         except Exception as err:
-            cause = user_error(err) or config_error(err, given, task_overrides()) or disk_error(err)
+            cause = config_error(err, given, task_overrides()) or user_error(err) or disk_error(err)
             if cause is None or full_trace():
                 raise
             sys.stderr.write(f"error: {cause}\n")
