@@ -1,5 +1,18 @@
 """The one exception type a user sees as a single line (bad config, unloadable model or data)."""
 
+from numbers import Integral
+
 
 class DifftuneError(Exception):
     """A user-facing error: the message names the key, the value and what would be valid."""
+
+
+def is_int_at_least(value: object, minimum: int) -> bool:
+    """An integer (not a bool) >= `minimum`: the one integer test of every config check."""
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def require_int(key: str, value: object, minimum: int, allow_none: bool = False) -> None:
+    """`key=value must be an integer >= minimum`, as one line, unless it is (or None if allowed)."""
+    if not (value is None and allow_none) and not is_int_at_least(value, minimum):
+        raise DifftuneError(f"{key}={value!r} must be an integer >= {minimum}")

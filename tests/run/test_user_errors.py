@@ -45,7 +45,7 @@ def no_model_load(*args, **kwargs):
         ("callbacks.nonfinite.on_nonfinite=ignore",
          "callbacks.nonfinite.on_nonfinite=ignore: on_nonfinite=ignore: expected skip"),
         ("callbacks.nonfinite.max_consecutive=0", "callbacks.nonfinite.max_consecutive=0"),
-        ("data.batch_size=0", "data.batch_size=0 must be >= 1"),
+        ("data.batch_size=0", "data.batch_size=0 must be an integer >= 1"),
         ("data.image_size=abc", "data.image_size=abc cannot go through this UNet"),
     ],
 )  # fmt: skip

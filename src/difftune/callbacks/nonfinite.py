@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim import Optimizer
 
-from difftune.errors import DifftuneError
+from difftune.errors import DifftuneError, is_int_at_least
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class NonFiniteGuard(Callback):
             raise ValueError(
                 f"on_nonfinite={on_nonfinite}: expected skip (skip that batch's step) or stop"
             )
-        if not (isinstance(max_consecutive, int) and max_consecutive >= 1):
+        if not is_int_at_least(max_consecutive, 1):
             raise ValueError(f"max_consecutive={max_consecutive!r} must be an integer >= 1")
         self.on_nonfinite = on_nonfinite
         self.max_consecutive = max_consecutive

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from numbers import Integral
 from typing import Any
 
 import torch
 
 from difftune.core.prediction import predict_x0
-from difftune.errors import DifftuneError
+from difftune.errors import DifftuneError, is_int_at_least
 from difftune.guidance.guide import Guidance, alphas_at, apply_guidance
 from difftune.guidance.x0_clip import scheduler_x0_clip
 
@@ -40,7 +39,7 @@ def _as_list(guidance: Guidance | Sequence[Guidance] | None) -> list[Guidance]:
 def set_timesteps(scheduler: Any, num_inference_steps: Any, device: Any = None) -> None:
     """`scheduler.set_timesteps`, with a step count it cannot take as one `DifftuneError` line."""
     n = num_inference_steps
-    if not isinstance(n, Integral) or isinstance(n, bool) or n < 1:  # diffusers divides by it
+    if not is_int_at_least(n, 1):  # diffusers divides by it
         raise DifftuneError(f"num_inference_steps={n}: expected >= 1 (an integer)")
     try:
         scheduler.set_timesteps(n, device=device)

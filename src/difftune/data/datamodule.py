@@ -17,23 +17,13 @@ from difftune.data.resumable import EpochShuffle, ResumableDataLoader, SeededAug
 from difftune.data.sources import IMAGE_EXTENSIONS, list_image_files, load_hf_records
 from difftune.data.streaming import StreamedImages, stream_split
 from difftune.data.synthetic import STYLES, SyntheticStyleDataset
-from difftune.errors import DifftuneError
+from difftune.errors import DifftuneError, require_int
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "hf", "imagefolder")
 #: `val_size: null` holds out this share of the images, at least VAL_FLOOR and at most VAL_CAP
 VAL_FRACTION, VAL_FLOOR, VAL_CAP = 0.05, 4, 64
-
-
-def _check_int(key: str, value: object, minimum: int, allow_none: bool = False) -> None:
-    """Raise a one-line DifftuneError unless `value` is an int >= minimum (or None if allowed)."""
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise DifftuneError(f"data.{key}={value!r} must be an integer")
-    if value < minimum:
-        raise DifftuneError(f"data.{key}={value} must be >= {minimum}")
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -66,13 +56,13 @@ class ImageDataModule(pl.LightningDataModule):
         super().__init__()
         if source not in SOURCES:
             raise DifftuneError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
-        _check_int("batch_size", batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
-        _check_int("val_size", val_size, 0, allow_none=True)
-        _check_int("num_images", num_images, 1)
-        _check_int("seed", seed, 0)
-        _check_int("max_images", max_images, 1, allow_none=True)
-        _check_int("shuffle_buffer", shuffle_buffer, 1)
+        require_int("data.batch_size", batch_size, 1)
+        require_int("data.num_workers", num_workers, 0)
+        require_int("data.val_size", val_size, 0, allow_none=True)
+        require_int("data.num_images", num_images, 1)
+        require_int("data.seed", seed, 0)
+        require_int("data.max_images", max_images, 1, allow_none=True)
+        require_int("data.shuffle_buffer", shuffle_buffer, 1)
         if streaming and source != "hf":
             raise DifftuneError(
                 f"data.streaming=true with data.source={source!r}: only hub datasets (data=hf, "

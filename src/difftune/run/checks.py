@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from difftune.errors import DifftuneError
+from difftune.errors import DifftuneError, is_int_at_least
 from difftune.hub.pipelines import load_unet_config, unet_downsample_factor
 from difftune.run.preflight import check_hardware
 
@@ -19,15 +19,11 @@ def _require(ok: bool, message: str) -> None:
         raise DifftuneError(message)
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def check_seed(seed: Any, key: str = "seed") -> None:
     """A seed is an integer that numpy (and so Lightning's `seed_everything`) accepts."""
     limit = np.iinfo(np.uint32).max
     _require(
-        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= limit,
+        is_int_at_least(seed, 0) and seed <= limit,
         f"{key}={seed} must be an integer in 0..{limit}",
     )
 
@@ -54,7 +50,7 @@ def check_image_size(
     """The image size must be a positive multiple of the UNet's downsampling factor."""
     factor = unet_downsample_factor(unet_config)
     _require(
-        _positive_int(image_size) and image_size % factor == 0,
+        is_int_at_least(image_size, 1) and image_size % factor == 0,
         f"{key}={image_size} cannot go through this UNet: use a multiple of {factor} "
         f"(e.g. {max(factor, 32 // factor * factor)}, 64, 128, 256)",
     )
@@ -80,7 +76,7 @@ def check_train_config(cfg: DictConfig) -> None:
     )
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     _require(
-        _positive_int(accumulate),
+        is_int_at_least(accumulate, 1),
         f"trainer.accumulate_grad_batches={accumulate} must be an integer >= 1",
     )
     ckpt_path = cfg.get("ckpt_path")

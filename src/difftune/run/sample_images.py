@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from difftune.core.sampling import sample, set_timesteps
-from difftune.errors import DifftuneError
+from difftune.errors import DifftuneError, require_int
 from difftune.hub.pipelines import load_noise_scheduler, load_unet, load_unet_config
 from difftune.pictures.images import save_grid, save_panels, to_pil_list
 from difftune.pictures.plots import plot_progression, plot_schedules
@@ -36,9 +36,7 @@ def make_scheduler(cfg: DictConfig) -> Any:
 def _check(cfg: DictConfig) -> None:
     """The keys only `sample.py` has; the scheduler and the guidance check their own."""
     for key in ("num_images", "batch_size", "progression_every"):
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise DifftuneError(f"{key}={value} must be an integer >= 1")
+        require_int(key, cfg.get(key), 1)
     if cfg.get("plot") not in (None, *PLOTS):
         raise DifftuneError(f"plot={cfg.plot!r} is not one of {', '.join(PLOTS)} (or null)")
     check_device(cfg.device)
