@@ -1,4 +1,7 @@
 """`python -m difftune.export` moved to `python -m difftune.hub.export`: say so in one line."""
 
+import sys
+
 if __name__ == "__main__":
-    raise SystemExit("error: python -m difftune.export is now python -m difftune.hub.export")
+    sys.stderr.write("error: python -m difftune.export is now python -m difftune.hub.export\n")
+    sys.exit(2)

@@ -181,3 +181,14 @@ def test_push_failure_after_export_keeps_the_export(ema_run, tmp_path, monkeypat
     monkeypatch.setattr(hub, "upload_folder", lambda *a, **kw: calls.append(kw["folder_path"]))
     assert main(["--pipeline", str(out), "--push-to-hub", "me/x"]) == out
     assert calls == [("me/x",), str(out)]
+
+
+def test_the_old_module_path_names_the_new_one():
+    result = subprocess.run(
+        [sys.executable, "-m", "difftune.export", "run/checkpoints/last.ckpt"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr == "error: python -m difftune.export is now python -m difftune.hub.export\n"
+    )
