@@ -1,5 +1,6 @@
 """`DiffusionFineTuner`: the DDPM objective (Ho et al. 2020, Alg. 1) as a LightningModule."""
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,6 +21,27 @@ OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 LRSchedulerFactory = Callable[[Optimizer], LRScheduler]
 
 
+def compile_unet_forward() -> Callable[..., Any] | None:
+    """`torch.compile` of `UNet2DModel.forward` (unbound: no compiled submodule, no `_orig_mod.`
+    keys, and a deep copy of the module, as EMA makes, calls its own weights); None, with one
+    warning, where torch cannot compile."""
+    try:
+        return torch.compile(UNet2DModel.forward)
+    except RuntimeError as error:  # e.g. a Python version dynamo does not support yet
+        warn_eager(error)
+        return None
+
+
+def warn_eager(error: Exception) -> None:
+    """The one warning of a compile that failed: the run goes on eager."""
+    first_line = (str(error).splitlines() or [""])[0]
+    warnings.warn(
+        f"model.compile=true: torch.compile failed ({type(error).__name__}: {first_line}); "
+        "training runs eager",
+        stacklevel=3,
+    )
+
+
 class DiffusionFineTuner(LightningModule):
     """Fine-tunes a pretrained `UNet2DModel` with MSE against the scheduler's training target."""
 
@@ -33,6 +55,9 @@ class DiffusionFineTuner(LightningModule):
         seed: int = 0,
         snr_gamma: float | None = None,
         noise_offset: float = 0.0,
+        gradient_checkpointing: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         check_prediction_type(noise_scheduler.config.prediction_type)
@@ -49,6 +74,22 @@ class DiffusionFineTuner(LightningModule):
             raise DifftuneError(f"model.noise_offset={noise_offset} must be >= 0 (0.05-0.1 usual)")
         self.noise_offset = noise_offset
         self.batches_seen = 0  # training batches drawn so far, this run and the ones it resumes
+        levers = {
+            "gradient_checkpointing": gradient_checkpointing,
+            "channels_last": channels_last,
+            "compile": compile,
+        }
+        for key, value in levers.items():
+            if not isinstance(value, bool):
+                raise DifftuneError(f"model.{key}={value} must be true or false")
+        if gradient_checkpointing:  # recompute each block's activations in the backward
+            self.unet.enable_gradient_checkpointing()
+        self.channels_last = channels_last
+        if channels_last:  # NHWC convolutions (cuDNN's fast path under bf16/fp16)
+            self.unet.to(memory_format=torch.channels_last)
+        self.compile_unet = compile  # `compile` itself is nn.Module's method
+        self._compiled_forward: Callable[..., Any] | None = None  # built in `on_fit_start`
+        self._compiled_calls = 0
         self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "lr_scheduler"])
 
     @property
@@ -83,13 +124,34 @@ class DiffusionFineTuner(LightningModule):
         colour and layout, then count as much as the low-noise detail steps).
         """
         x_t = self.noise_scheduler.add_noise(x_0, noise, t)
-        model_output = self.unet(x_t, t).sample
+        if self.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        model_output = self.unet_output(x_t, t)
         target = training_target(self.noise_scheduler, x_0, noise, t)
         if self.snr_gamma is None:
             return F.mse_loss(model_output.float(), target.float())
         per_image = F.mse_loss(model_output.float(), target.float(), reduction="none")
         weights = min_snr_weights(self.noise_scheduler, t, self.snr_gamma)
         return (per_image.mean(dim=(1, 2, 3)) * weights).mean()
+
+    def on_fit_start(self) -> None:
+        if self.compile_unet and self._compiled_forward is None:  # here: ddp_spawn pickles first
+            self._compiled_forward = compile_unet_forward()
+
+    def unet_output(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """UNet(x_t, t), compiled where `compile` is on and the first compiled call succeeds."""
+        if self._compiled_forward is None:
+            return self.unet(x_t, t).sample
+        try:
+            output = self._compiled_forward(self.unet, x_t, t).sample
+        except Exception as error:  # compile errors surface on the first call; later ones are real
+            if self._compiled_calls:
+                raise
+            warn_eager(error)
+            self._compiled_forward = None
+            return self.unet(x_t, t).sample
+        self._compiled_calls += 1
+        return output
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         """Ho et al. 2020, Alg. 1: noise x_0 at a random t, regress the target (diffusers'

@@ -1,0 +1,205 @@
+"""Speed and memory levers (issue 13) leave the float32 training step as it was, on the CPU."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.utils.checkpoint
+from diffusers import DDPMPipeline, DDPMScheduler
+from hydra.utils import instantiate
+
+from difftune.core.module import DiffusionFineTuner
+from difftune.errors import DifftuneError
+from difftune.run.train import build, train
+from helpers.compose import compose_train, shrink
+from helpers.models import make_tiny_unet
+from helpers.training import batches, sgd
+
+
+def make(**levers) -> DiffusionFineTuner:
+    """The tiny UNet (same weights every call) with a 1000-step DDPM scheduler and SGD."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    return DiffusionFineTuner(make_tiny_unet(), scheduler, optimizer=sgd(1.0), **levers)
+
+
+def loss_of(module: DiffusionFineTuner, x_0: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The training loss on `x_0` with noise and timesteps drawn from `seed`."""
+    noise, t = module.draw_noise_and_timesteps(x_0, torch.Generator().manual_seed(seed))
+    return module.diffusion_loss(x_0, noise, t)
+
+
+def gradients(module: DiffusionFineTuner, x_0: torch.Tensor) -> dict[str, torch.Tensor]:
+    loss_of(module, x_0).backward()
+    return {name: p.grad for name, p in module.unet.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_the_gradients_of_the_plain_step(monkeypatch):
+    calls = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
+    x_0 = batches(1, 4)[0]["images"]
+    plain, checkpointed = make(), make(gradient_checkpointing=True)
+    assert not plain.unet.is_gradient_checkpointing
+    assert checkpointed.unet.is_gradient_checkpointing
+
+    expected = gradients(plain, x_0)
+    assert not calls
+    got = gradients(checkpointed, x_0)
+    assert len(calls) >= 4  # every resnet block of the tiny UNet went through a checkpoint
+    assert expected.keys() == got.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=0, atol=1e-5, msg=name)
+
+
+def train_steps(module: DiffusionFineTuner, steps: int) -> list[float]:
+    """`steps` AdamW steps on fixed batches; the losses. AdamW's first steps move each weight by
+    about ±lr whatever its gradient's size, so the weights' tolerance scales with lr."""
+    optimizer = torch.optim.AdamW(module.unet.parameters(), lr=1e-4)
+    losses = []
+    for i, batch in enumerate(batches(steps, 4)):
+        loss = loss_of(module, batch["images"], seed=i)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_channels_last_trains_as_the_default_memory_format():
+    default, nhwc = make(), make(channels_last=True)
+    assert nhwc.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not default.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+    expected, got = train_steps(default, 3), train_steps(nhwc, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)  # measured: 1.1e-7
+    assert nhwc.unet.state_dict().keys() == default.unet.state_dict().keys()
+    for name, weight in default.unet.state_dict().items():
+        torch.testing.assert_close(nhwc.unet.state_dict()[name], weight, rtol=0, atol=1e-5)  # 3e-6
+
+
+@pytest.mark.parametrize("fused", [None, True])
+def test_the_configured_adamw_builds_fused_or_not_and_steps_alike(fused, cfg_train):
+    cfg_train.model.optimizer.fused = fused
+    factory = instantiate(cfg_train.model.optimizer)
+    reference, tuned = make(), make()
+    optimizers = [
+        torch.optim.AdamW(
+            reference.unet.parameters(),
+            lr=cfg_train.model.optimizer.lr,
+            weight_decay=cfg_train.model.optimizer.weight_decay,
+        ),
+        factory(tuned.unet.parameters()),
+    ]
+    assert optimizers[1].defaults["fused"] is fused
+    x_0 = batches(1, 4)[0]["images"]
+    for module, optimizer in zip([reference, tuned], optimizers, strict=True):
+        loss_of(module, x_0).backward()
+        optimizer.step()
+    for name, weight in reference.unet.state_dict().items():
+        torch.testing.assert_close(tuned.unet.state_dict()[name], weight, rtol=0, atol=1e-6)
+
+
+def test_the_model_config_carries_the_levers_off_by_default(cfg_train):
+    model = cfg_train.model
+    assert (model.gradient_checkpointing, model.channels_last, model.compile) == (False,) * 3
+    assert model.optimizer.fused is None
+
+
+def test_train_runs_and_exports_with_the_cheap_levers_on(tmp_path):
+    levers = ["model.gradient_checkpointing=true", "model.channels_last=true"]
+    cfg = shrink(compose_train(*levers, "model.optimizer.fused=true", output_dir=tmp_path), 2)
+    module = build(cfg)[1]
+    assert module.unet.is_gradient_checkpointing and module.channels_last
+    assert module.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
+    exported = DDPMPipeline.from_pretrained(tmp_path / "pipeline").unet.state_dict()
+    assert exported.keys() == module.unet.state_dict().keys()
+
+
+@pytest.mark.parametrize("key", ["gradient_checkpointing", "channels_last", "compile"])
+def test_a_lever_that_is_not_a_bool_is_one_line(key):
+    with pytest.raises(DifftuneError, match=f"^model.{key}=yes must be true or false$"):
+        make(**{key: "yes"})
+
+
+def test_compile_that_fails_to_build_warns_once_and_trains_eager(monkeypatch):
+    def broken_compile(fn):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("backend exploded\nmore detail")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    x_0 = batches(1, 4)[0]["images"]
+    eager, module = make(), make(compile=True)
+    module.on_fit_start()
+    with pytest.warns(UserWarning, match=r"model.compile=true: torch.compile failed "
+                      r"\(RuntimeError: backend exploded\); training runs eager"):  # fmt: skip
+        loss = loss_of(module, x_0)
+    assert torch.equal(loss, loss_of(eager, x_0))
+    assert module._compiled_forward is None
+
+
+def test_compile_that_torch_refuses_warns_and_stays_eager(monkeypatch):
+    def refusing_compile(fn):
+        raise RuntimeError("torch.compile is not supported on Python 3.99+")
+
+    monkeypatch.setattr(torch, "compile", refusing_compile)
+    module = make(compile=True)
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: torch.compile is "
+                      r"not supported on Python 3.99\+\); training runs eager"):  # fmt: skip
+        module.on_fit_start()
+    assert module._compiled_forward is None
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("error:model.compile=true")  # no silent eager fallback
+def test_compiled_unet_trains_as_eager_and_keeps_the_state_dict():
+    x_0 = batches(1, 4)[0]["images"]
+    eager, compiled = make(), make(compile=True)
+    compiled.on_fit_start()
+    expected, got = gradients(eager, x_0), gradients(compiled, x_0)
+    assert compiled._compiled_calls == 1, "the compiled forward fell back to eager"
+    torch.testing.assert_close(loss_of(compiled, x_0), loss_of(eager, x_0), rtol=1e-4, atol=0)
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    assert not any("_orig_mod" in key for key in compiled.state_dict())
+    ema_copy = copy.deepcopy(compiled)  # as EMA's AveragedModel: the copy runs its own weights
+    with torch.no_grad():
+        for p in ema_copy.unet.parameters():
+            p.zero_()
+    assert not torch.equal(loss_of(ema_copy, x_0), loss_of(compiled, x_0))
+
+
+@pytest.mark.filterwarnings("error:model.compile=true")  # no silent eager fallback
+def test_train_with_compile_keeps_checkpoint_ema_and_export_keys(tmp_path, monkeypatch):
+    compiled_calls = []
+    torch_compile = torch.compile
+
+    def dynamo_only_compile(fn):  # dynamo's tracing without inductor's minutes of codegen
+        compiled = torch_compile(fn, backend="eager")
+
+        def counted(*args, **kwargs):
+            compiled_calls.append(1)
+            return compiled(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(torch, "compile", dynamo_only_compile)
+    cfg = shrink(compose_train("model.compile=true", "ema=default", output_dir=tmp_path), 2)
+    module = build(cfg)[1]
+    metrics = train(cfg)
+    assert len(compiled_calls) >= 2  # the training steps went through the compiled forward
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["state_dict"].keys() == module.state_dict().keys()
+    exported = DDPMPipeline.from_pretrained(tmp_path / "pipeline").unet.state_dict()
+    assert exported.keys() == module.unet.state_dict().keys()
