@@ -1,9 +1,10 @@
-"""Synthetic styles: deterministic per seed, in range, one scene in two styles."""
+"""Synthetic styles: deterministic per seed, in range, one scene in three styles; `style_of`."""
 
 import pytest
 import torch
 
 from difftune.data import SyntheticStyleDataset
+from difftune.data.synthetic import STYLES, render, style_of
 
 
 def test_synthetic_is_deterministic_per_seed() -> None:
@@ -17,7 +18,7 @@ def test_synthetic_is_deterministic_per_seed() -> None:
 
 
 @pytest.mark.parametrize("size", [8, 32, 64])
-@pytest.mark.parametrize("style", ["photo", "vintage"])
+@pytest.mark.parametrize("style", ["photo", "vintage", "cyanotype"])
 def test_synthetic_shape_and_range(size: int, style: str) -> None:
     x = SyntheticStyleDataset(num_images=2, image_size=size, style=style)[1]
     assert x.shape == (3, size, size) and x.dtype == torch.float32
@@ -34,3 +35,29 @@ def test_styles_differ_but_share_the_scene() -> None:
     luma = lambda x: (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).flatten()  # noqa: E731
     corr = torch.corrcoef(torch.stack([luma(photo), luma(vintage)]))[0, 1]
     assert corr > 0.7  # same underlying scene
+
+
+def test_cyanotype_is_blue_monochrome_of_the_scene() -> None:
+    photo = torch.stack(list(SyntheticStyleDataset(8, 32, "photo", seed=1)))
+    cyan = torch.stack(list(SyntheticStyleDataset(8, 32, "cyanotype", seed=1)))
+    assert cyan[:, 2].mean() > cyan[:, 0].mean() + 0.3  # Prussian blue: blue well above red
+    dark = torch.tensor([0.05, 0.15, 0.35])[:, None] * 2 - 1  # the tone's ends, in [-1, 1]
+    light = torch.tensor([0.85, 0.92, 0.98])[:, None] * 2 - 1
+    pixels = cyan.permute(1, 0, 2, 3).flatten(1)  # 3 × all pixels
+    t = ((pixels - dark) * (light - dark)).sum(0) / (light - dark).square().sum()
+    off_tone = (pixels - dark - t * (light - dark)).abs().mean()
+    assert off_tone < 0.03 and t.min() < 0.05 and t.max() > 0.95  # dark to light, on the tone
+    luma = lambda x: (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).flatten()  # noqa: E731
+    assert torch.corrcoef(torch.stack([luma(photo), luma(cyan)]))[0, 1] > 0.9  # same scene
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_style_of_labels_renders(style: str) -> None:
+    data = SyntheticStyleDataset(200, 32, style, seed=11)
+    assert sum(style_of(data[i]) == style for i in range(200)) >= 196  # >= 98 %
+    noise = torch.randn(200, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    blurred = [torch.nn.functional.avg_pool2d(data[i][None], 2)[0] for i in range(100)]
+    assert sum(style_of(data[i] + 0.2 * noise[i]) == style for i in range(200)) >= 196
+    assert sum(style_of(x) == style for x in blurred) >= 98  # samples are noisier, blurrier
+    arrays = [render(i, 12, 32, style) * 2 - 1 for i in range(50)]  # H×W×3 arrays, [-1, 1]
+    assert sum(style_of(a) == style for a in arrays) >= 49

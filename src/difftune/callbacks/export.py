@@ -49,6 +49,14 @@ class ExportPipeline(Callback):
         self.repo_id = repo_id
         self.private = private
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A conditional run's classes: `classes.json` ({"class_names", "null_label"})."""
+        if trainer.is_global_zero and pl_module.class_names is not None:
+            names = list(pl_module.class_names)
+            text = json.dumps({"class_names": names, "null_label": len(names)}, indent=2)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "classes.json").write_text(text + "\n")
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
@@ -90,5 +98,6 @@ class ExportPipeline(Callback):
             sample_grid=grids[-1] if grids else None,
             image_size=image_size,
             repo_id=self.repo_id,
+            class_names=pl_module.class_names,
         )
         return path

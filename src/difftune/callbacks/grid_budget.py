@@ -1,8 +1,9 @@
 """How much UNet work the sample grids may take, measured against the training they illustrate.
 
-The unit is one UNet forward pass on one image: a grid costs images × steps × panels, a training
-image about 3 (forward and backward). A 2-step smoke run of a 114M-parameter UNet with two default
-grids (16 images × 40 steps) spends 13x its training work in grids; a 300-step run, a fifth.
+The unit is one UNet forward pass on one image: a grid costs images × steps × panels (a panel with
+classifier-free guidance counts twice: its UNet batch holds the conditional and the null labels), a
+training image about 3 (forward and backward). A 2-step smoke run of a 114M-parameter UNet with two
+default grids (16 images × 40 steps) spends 13x its training work in grids; a 300-step run, a fifth.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 MIN_STEPS = 10  # DDIM still draws recognisable images in 10 steps
 MIN_IMAGES = 4
 TRAIN_COST = 3.0  # forward + backward of one training image, in forward passes
+CFG_COST = 2  # a CFG panel: one UNet call on the doubled batch (conditional + null labels)
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,8 @@ def plan_grids(
     max_ratio: float | None,
 ) -> GridPlan:
     """Fewer steps (down to 10), then fewer images (down to 4), until the grids' UNet work is at
-    most `max_ratio` times the training's (`train_images` images left to train on); None: as is."""
+    most `max_ratio` times the training's (`train_images` images left to train on); None: as is.
+    `panels` is the UNet work per image and step of one grid: its panels, CFG ones counted twice."""
     grid_work = num_grids * panels * num_images * num_inference_steps
     ratio = grid_work / (TRAIN_COST * train_images) if train_images > 0 else float("inf")
     if max_ratio is None or ratio <= max_ratio:

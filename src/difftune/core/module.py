@@ -1,7 +1,7 @@
 """`DiffusionFineTuner`: the DDPM objective (Ho et al. 2020, Alg. 1) as a LightningModule."""
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +12,12 @@ from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from difftune.core.conditioning import (
+    add_class_embedding,
+    check_conditioning,
+    drop_labels,
+    null_label,
+)
 from difftune.core.prediction import check_prediction_type, min_snr_weights, training_target
 from difftune.errors import DifftuneError
 
@@ -58,9 +64,22 @@ class DiffusionFineTuner(LightningModule):
         gradient_checkpointing: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        conditioning: str | None = None,
+        class_names: Sequence[str] | None = None,
+        p_uncond: float = 0.1,
+        class_embedding_lr: float | None = None,
     ) -> None:
         super().__init__()
         check_prediction_type(noise_scheduler.config.prediction_type)
+        self.class_names = check_conditioning(unet, conditioning, class_names, p_uncond)
+        if self.class_names is not None:  # starts exactly at the pretrained model, every label
+            unet = add_class_embedding(unet, self.class_names)
+        self.p_uncond = p_uncond
+        if class_embedding_lr is not None and not class_embedding_lr > 0:
+            raise DifftuneError(
+                f"model.class_embedding_lr={class_embedding_lr} must be > 0 or null"
+            )
+        self.class_embedding_lr = class_embedding_lr
         self.unet = unet.train()  # from_pretrained returns eval mode; Lightning keeps modes
         self.noise_scheduler = noise_scheduler
         self.optimizer_factory = optimizer
@@ -116,7 +135,11 @@ class DiffusionFineTuner(LightningModule):
         return noise, t
 
     def diffusion_loss(
-        self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+        self,
+        x_0: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """‖target − UNet(x_t, t)‖² averaged over pixels and batch (Ho et al. 2020, Eq. 14).
 
@@ -126,7 +149,7 @@ class DiffusionFineTuner(LightningModule):
         x_t = self.noise_scheduler.add_noise(x_0, noise, t)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        model_output = self.unet_output(x_t, t)
+        model_output = self.unet_output(x_t, t, class_labels)
         target = training_target(self.noise_scheduler, x_0, noise, t)
         if self.snr_gamma is None:
             return F.mse_loss(model_output.float(), target.float())
@@ -138,18 +161,20 @@ class DiffusionFineTuner(LightningModule):
         if self.compile_unet and self._compiled_forward is None:  # here: ddp_spawn pickles first
             self._compiled_forward = compile_unet_forward()
 
-    def unet_output(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """UNet(x_t, t), compiled where `compile` is on and the first compiled call succeeds."""
+    def unet_output(
+        self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """UNet(x_t, t, c), compiled where `compile` is on and the first compiled call succeeds."""
         if self._compiled_forward is None:
-            return self.unet(x_t, t).sample
+            return self.unet(x_t, t, class_labels).sample
         try:
-            output = self._compiled_forward(self.unet, x_t, t).sample
+            output = self._compiled_forward(self.unet, x_t, t, class_labels).sample
         except Exception as error:  # compile errors surface on the first call; later ones are real
             if self._compiled_calls:
                 raise
             warn_eager(error)
             self._compiled_forward = None
-            return self.unet(x_t, t).sample
+            return self.unet(x_t, t, class_labels).sample
         self._compiled_calls += 1
         return output
 
@@ -160,11 +185,26 @@ class DiffusionFineTuner(LightningModule):
         x_0 = batch["images"]
         if x_0.shape[0] == 0:  # every image of this batch was undecodable
             return None
-        noise, t = self.draw_noise_and_timesteps(x_0, self._generator(self.batches_seen - 1))
-        loss = self.diffusion_loss(x_0, noise, t)
+        generator = self._generator(self.batches_seen - 1)
+        noise, t = self.draw_noise_and_timesteps(x_0, generator)
+        labels = self.labels_of(batch, generator)
+        loss = self.diffusion_loss(x_0, noise, t, labels)
         # the mean over ranks under DDP (one all-reduce of a scalar per step)
         self.log("train/loss", loss, prog_bar=True, batch_size=x_0.shape[0], sync_dist=True)
         return loss
+
+    def labels_of(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """The batch's class ids for a conditional UNet (None otherwise); with a generator (in
+        training) each is dropped to the null label with probability `p_uncond` (Ho & Salimans
+        2022, Alg. 1)."""
+        if self.class_names is None:
+            return None
+        labels = batch["labels"]
+        if generator is None:
+            return labels
+        return drop_labels(labels, self.p_uncond, null_label(self.unet), generator)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[BATCHES_SEEN] = self.batches_seen
@@ -179,12 +219,22 @@ class DiffusionFineTuner(LightningModule):
             return None
         # Fixed noise and timesteps per validation batch: the value is comparable across steps.
         noise, t = self.draw_noise_and_timesteps(x_0, self._generator(-1 - batch_idx))
-        loss = self.diffusion_loss(x_0, noise, t)
+        loss = self.diffusion_loss(x_0, noise, t, self.labels_of(batch))
         self.log("val/loss", loss, prog_bar=True, batch_size=x_0.shape[0], sync_dist=True)
         return loss
 
+    def parameter_groups(self) -> Any:
+        """The UNet's parameters; the new class embedding in a group of its own when it has its
+        own lr (from zero, AdamW moves it ~lr per step: 1e-5 would take 10⁵ steps to matter)."""
+        if self.class_names is None or self.class_embedding_lr is None:
+            return self.unet.parameters()
+        embedding = list(self.unet.class_embedding.parameters())
+        chosen = {id(p) for p in embedding}
+        rest = [p for p in self.unet.parameters() if id(p) not in chosen]
+        return [{"params": rest}, {"params": embedding, "lr": self.class_embedding_lr}]
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.unet.parameters())
+        optimizer = self.optimizer_factory(self.parameter_groups())
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)

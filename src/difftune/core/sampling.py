@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from difftune.core.conditioning import is_conditional, null_label
 from difftune.core.prediction import predict_x0
 from difftune.errors import DifftuneError, is_int_at_least
 from difftune.guidance.guide import Guidance, alphas_at, apply_guidance
@@ -15,10 +17,13 @@ from difftune.guidance.x0_clip import scheduler_x0_clip
 
 
 def _unet_output(
-    unet: Callable[..., Any], model_input: torch.Tensor, t: torch.Tensor
+    unet: Callable[..., Any],
+    model_input: torch.Tensor,
+    t: torch.Tensor,
+    class_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Call a diffusers UNet (or any model function) and return its raw output tensor."""
-    out = unet(model_input, t)
+    out = unet(model_input, t) if class_labels is None else unet(model_input, t, class_labels)
     if isinstance(out, torch.Tensor):
         return out
     return out.sample if hasattr(out, "sample") else out[0]
@@ -34,6 +39,53 @@ def _as_list(guidance: Guidance | Sequence[Guidance] | None) -> list[Guidance]:
                 f"sample guidance={g!r}: expected a Guidance, a list of them or None"
             )
     return guidances
+
+
+def _labels(
+    unet: Any, noise: torch.Tensor, class_labels: Any, cfg_scale: float | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(labels, null labels) for the UNet calls: None for an unconditional UNet; the null label
+    where a conditional UNet gets no `class_labels`; the null labels only under CFG."""
+    config = getattr(unet, "config", {})
+    number = isinstance(cfg_scale, int | float) and not isinstance(cfg_scale, bool)
+    if cfg_scale is not None and not (number and math.isfinite(cfg_scale)):
+        raise DifftuneError(f"cfg_scale={cfg_scale}: expected a finite number (3 is usual)")
+    if not is_conditional(config):
+        if class_labels is not None or cfg_scale is not None:
+            raise DifftuneError(
+                "class_labels / cfg_scale: this UNet has no class embedding (an unconditional "
+                "model); fine-tune it with model.conditioning=class first"
+            )
+        return None, None
+    null = torch.full((noise.shape[0],), null_label(config), dtype=torch.long, device=noise.device)
+    if class_labels is None:
+        if cfg_scale is not None:
+            raise DifftuneError(f"cfg_scale={cfg_scale}: needs class_labels to guide towards")
+        return null, None
+    labels = torch.as_tensor(class_labels, dtype=torch.long, device=noise.device)
+    labels = labels.expand(noise.shape[0]) if labels.ndim == 0 else labels
+    if labels.shape != null.shape:
+        raise DifftuneError(
+            f"class_labels: {tuple(labels.shape)} labels for {noise.shape[0]} images"
+        )
+    return labels, (null if cfg_scale is not None else None)
+
+
+def _model_output(
+    unet: Callable[..., Any],
+    model_input: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor | None,
+    null: torch.Tensor | None,
+    cfg_scale: float | None,
+) -> torch.Tensor:
+    """UNet(x_t, t, c); under CFG ε_∅ + w·(ε_c − ε_∅) from one batched call (Ho & Salimans
+    2022, Eq. 6, written as the interpolation w = 1 + their w)."""
+    if null is None:
+        return _unet_output(unet, model_input, t, labels)
+    both = _unet_output(unet, torch.cat([model_input, model_input]), t, torch.cat([labels, null]))
+    conditional, unconditional = both.chunk(2)
+    return unconditional + cfg_scale * (conditional - unconditional)
 
 
 def set_timesteps(scheduler: Any, num_inference_steps: Any, device: Any = None) -> None:
@@ -57,11 +109,17 @@ def sample(
     guidance: Guidance | Sequence[Guidance] | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    class_labels: torch.Tensor | int | None = None,
+    cfg_scale: float | None = None,
 ) -> torch.Tensor:
     """Ancestral/ODE sampling (DDPM, Ho et al. 2020; DDIM, Song et al. 2021) with x̂0 guidance.
 
+    A class-conditional UNet gets `class_labels` (ids, one per image or one for all; None: the
+    null label); `cfg_scale` w adds classifier-free guidance, ε_∅ + w·(ε_c − ε_∅): 1 is the
+    conditional model, 0 the unconditional one. Loss guidance then acts on the x̂0 of that ε.
     Returns the raw final sample in model space (not clamped), on ``noise``'s device and dtype.
     """
+    labels, null = _labels(unet, noise, class_labels, cfg_scale)
     guidances = _as_list(guidance)
     grad_through_unet = any(g.through_unet for g in guidances)
     prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
@@ -78,12 +136,13 @@ def sample(
     for i, t in enumerate(scheduler.timesteps):
         alpha_prod_t = alpha_prods[i]
 
-        # 2. the model output at x_t; a graph through the UNet only when a guidance needs one
+        # 2. the model output at x_t (CFG-combined under cfg_scale); a graph through the UNet
+        #    only when a guidance needs one
         with torch.set_grad_enabled(grad_through_unet):
             if grad_through_unet:
                 x_t = x_t.detach().requires_grad_()
             model_input = scheduler.scale_model_input(x_t, t)
-            model_output = _unet_output(unet, model_input, t)
+            model_output = _model_output(unet, model_input, t, labels, null, cfg_scale)
         nonfinite += ~torch.isfinite(model_output.detach()).all()
 
         # 3. guidance on x̂0 as the scheduler clips it: x_t ← x_t − s·w(t)·∇L(x̂0)

@@ -1,4 +1,5 @@
-"""`ImageDataModule`: synthetic, Hugging Face or folder images as {"images", "skipped"} batches."""
+"""`ImageDataModule`: synthetic, Hugging Face or folder images as {"images", "skipped"} batches,
+with "labels" (class ids) when `data.label_column` is set."""
 
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from difftune.data.decode import DecodedImageDataset, ImageSource, decode_image, make_collate
+from difftune.data.labels import (
+    Labelled,
+    check_label_column,
+    column_labels,
+    folder_labels,
+    stream_class_names,
+)
 from difftune.data.resumable import EpochShuffle, ResumableDataLoader, SeededAugmentation
 from difftune.data.sources import IMAGE_EXTENSIONS, list_image_files, load_hf_records
 from difftune.data.streaming import StreamedImages, stream_split
-from difftune.data.synthetic import STYLES, SyntheticStyleDataset
+from difftune.data.synthetic import SyntheticStyleDataset, check_styles
 from difftune.errors import DifftuneError, require_int
 
 log = logging.getLogger(__name__)
@@ -27,7 +35,8 @@ VAL_FRACTION, VAL_FLOOR, VAL_CAP = 0.05, 4, 64
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Training/validation images in [-1, 1] from synthetic scenes, a HF dataset or a folder."""
+    """Training/validation images in [-1, 1] from synthetic scenes, a HF dataset or a folder,
+    with their class ids when `label_column` is set (names: `class_names`)."""
 
     def __init__(
         self,
@@ -45,13 +54,14 @@ class ImageDataModule(pl.LightningDataModule):
         flip: bool = True,
         random_crop: bool = False,
         seed: int = 0,
-        style: str = "vintage",
+        style: str | Sequence[str] = "vintage",
         num_images: int = 512,
         max_images: int | None = None,
         persistent_workers: bool | None = None,
         pin_memory: bool | None = None,
         streaming: bool = False,
         shuffle_buffer: int = 1000,
+        label_column: str | None = None,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -68,8 +78,8 @@ class ImageDataModule(pl.LightningDataModule):
                 f"data.streaming=true with data.source={source!r}: only hub datasets (data=hf, "
                 "vintage_faces, wikiart) stream; a folder is on disk already"
             )
-        if style not in STYLES:
-            raise DifftuneError(f"data.style={style!r} is not one of {', '.join(STYLES)}")
+        styles = check_styles(style)
+        check_label_column(source, label_column)
         if source == "hf" and not dataset_name:
             raise DifftuneError(
                 f"data.dataset_name={dataset_name!r}: data.source=hf needs a dataset, e.g. "
@@ -89,14 +99,17 @@ class ImageDataModule(pl.LightningDataModule):
         self.data_dir = str(Path(data_dir).expanduser()) if data_dir else None
         self.image_column, self.image_size, self.batch_size = image_column, image_size, batch_size
         self.num_workers, self.val_size, self.seed = num_workers, val_size, seed
-        self.flip, self.random_crop, self.style = flip, random_crop, style
+        self.flip, self.random_crop, self.styles = flip, random_crop, styles
         self.num_images, self.max_images = num_images, max_images
         self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
+        self.label_column = label_column
         self.persistent_workers = num_workers > 0 and persistent_workers is not False
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self._records: Sequence[ImageSource] | None = None
+        self._labels: list[int] | None = None  # hf and imagefolder: one class id per record
+        self._class_names: list[str] | None = None
 
     def prepare_data(self) -> None:
         """Download (hub datasets) once per node, before `setup`; a stream downloads nothing."""
@@ -104,13 +117,18 @@ class ImageDataModule(pl.LightningDataModule):
             self._load_records()
 
     def _load_records(self) -> Sequence[ImageSource]:
-        """The undecoded images of an hf or imagefolder source (fails early when there are none)."""
+        """The undecoded images of an hf or imagefolder source (fails early when there are none),
+        and their class ids and names when `label_column` is set."""
         if self._records is not None:
             return self._records
         if self.source == "hf":
             records = load_hf_records(
-                self.dataset_name, self.split, self.image_column, self.subset, self.revision
-            )
+                self.dataset_name, self.split, self.image_column, self.subset, self.revision,
+                label_column=self.label_column,
+            )  # fmt: skip
+            if self.label_column is not None:
+                labelled = column_labels(records.dataset, self.label_column, self.dataset_name)
+                self._labels, self._class_names = labelled
         else:
             records = list_image_files(self.data_dir)
             if not records:
@@ -118,8 +136,37 @@ class ImageDataModule(pl.LightningDataModule):
                     f"data.data_dir={self.data_dir!r} contains no image files "
                     f"({', '.join(IMAGE_EXTENSIONS)})"
                 )
+            if self.label_column is not None:
+                self._labels, self._class_names = folder_labels(self.data_dir, records)
         self._records = records
         return records
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names (id i is `class_names[i]`), None without `label_column`; known before
+        `setup` (a hub dataset is loaded for it, once)."""
+        return None if self.label_column is None else list(self._load_class_names())
+
+    def _load_class_names(self) -> list[str]:
+        """The class names of the labelled source (cached; a stream reads only its features)."""
+        if self._class_names is None:
+            if self.source == "synthetic":
+                self._class_names = list(self.styles)
+            elif self.streaming:
+                stream = load_hf_records(
+                    self.dataset_name, self.split, self.image_column, self.subset, self.revision,
+                    streaming=True, label_column=self.label_column,
+                )  # fmt: skip
+                self._class_names = stream_class_names(
+                    stream.features, self.label_column, self.dataset_name
+                )
+            else:
+                self._load_records()
+        return self._class_names
+
+    def _labelled(self, dataset: Dataset, labels: Sequence[int]) -> Dataset:
+        """`dataset` with its class ids, when labels are asked for."""
+        return dataset if self.label_column is None else Labelled(dataset, labels)
 
     def _check_decodable(self, records: Sequence[ImageSource], n: int) -> None:
         """Decode in order until the first success; raise if no image at all is decodable."""
@@ -168,17 +215,20 @@ class ImageDataModule(pl.LightningDataModule):
             return self._setup_stream()
         if self.source == "synthetic":
             n = min(self.num_images, self.max_images or self.num_images)
-            train_base = SyntheticStyleDataset(n, self.image_size, self.style, self.seed, self.flip)
-            val_base = SyntheticStyleDataset(n, self.image_size, self.style, self.seed)
+            size, styles, seed = self.image_size, self.styles, self.seed
+            train_base = SyntheticStyleDataset(n, size, styles, seed, self.flip)
+            val_base = SyntheticStyleDataset(n, size, styles, seed)
+            labels = [train_base.label(i) for i in range(n)]
         else:
             records = self._load_records()
             n = min(len(records), self.max_images or len(records))
             self._check_decodable(records, n)
             train_base = DecodedImageDataset(records, self.image_size, self.flip, self.random_crop)
             val_base = DecodedImageDataset(records, self.image_size)
+            labels = self._labels
         train_idx, val_idx = self._split_indices(n)
-        self.train_dataset = Subset(train_base, train_idx)
-        self.val_dataset = Subset(val_base, val_idx)
+        self.train_dataset = Subset(self._labelled(train_base, labels), train_idx)
+        self.val_dataset = Subset(self._labelled(val_base, labels), val_idx)
         log.info(
             "data %s: %d images, %d train / %d validation (data.val_size=%s)",
             self.source, n, len(train_idx), len(val_idx), self.val_size,
@@ -189,15 +239,18 @@ class ImageDataModule(pl.LightningDataModule):
         held = VAL_CAP if self.val_size is None else self.val_size
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        stream, val_records = stream_split(
+        if self.label_column is not None:
+            self._load_class_names()  # a label column that is no ClassLabel fails here, first
+        stream, val_records, val_labels = stream_split(
             self.dataset_name, self.split, self.image_column, self.subset, self.revision,
-            held, rank, world,
+            held, rank, world, self.label_column,
         )  # fmt: skip
         self.train_dataset = StreamedImages(
             stream, self.image_column, self.image_size, self.flip, self.random_crop, self.seed,
-            self.shuffle_buffer,
+            self.shuffle_buffer, self.label_column,
         )  # fmt: skip
-        self.val_dataset = DecodedImageDataset(val_records, self.image_size)
+        val = DecodedImageDataset(val_records, self.image_size)
+        self.val_dataset = self._labelled(val, val_labels)
         log.info(
             "data hf (streamed): the first %d images held out for validation, the rest streamed "
             "through a shuffle buffer of %d", len(val_records), self.shuffle_buffer,
@@ -216,7 +269,7 @@ class ImageDataModule(pl.LightningDataModule):
         return len(self.val_dataset)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        """{"images", "skipped"} batches; shuffled ones resume mid-epoch exactly."""
+        """{"images", "skipped"} (+ "labels") batches; shuffled ones resume mid-epoch exactly."""
         sampler = None
         if shuffle:
             dataset = SeededAugmentation(dataset, self.seed)
@@ -226,7 +279,7 @@ class ImageDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=make_collate(self.image_size),
+            collate_fn=make_collate(self.image_size, self.label_column is not None),
             persistent_workers=self.persistent_workers,
             pin_memory=self.pin_memory,
             drop_last=False,
@@ -246,7 +299,8 @@ class ImageDataModule(pl.LightningDataModule):
         if self.streaming:  # the stream shuffles itself; persistent workers keep their epochs
             return DataLoader(
                 self.train_dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                collate_fn=make_collate(self.image_size), pin_memory=self.pin_memory,
+                collate_fn=make_collate(self.image_size, self.label_column is not None),
+                pin_memory=self.pin_memory,
                 persistent_workers=self.num_workers > 0,
             )  # fmt: skip
         return self._loader(self.train_dataset, shuffle=True)

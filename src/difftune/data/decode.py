@@ -197,18 +197,25 @@ class DecodedImageDataset(torch.utils.data.Dataset):
         return decode_image(self.records[index], self.image_size, self.flip, self.random_crop)
 
 
-def collate(items: Sequence[torch.Tensor | Skipped], image_size: int) -> dict:
+def collate(items: Sequence, image_size: int, labelled: bool = False) -> dict:
     """Stack the decoded images; list the skipped ones' reasons and files:
-    {"images", "skipped", "skipped_files"}."""
-    images = [item for item in items if isinstance(item, torch.Tensor)]
-    skipped = [item for item in items if isinstance(item, Skipped)]
-    return {
+    {"images", "skipped", "skipped_files"}, plus "labels" (long, one per kept image) when the
+    items are `labelled` (image, class id) pairs."""
+    pairs = items if labelled else [(item, -1) for item in items]
+    images = [item for item, _ in pairs if isinstance(item, torch.Tensor)]
+    labels = [label for item, label in pairs if isinstance(item, torch.Tensor)]
+    skipped = [item for item, _ in pairs if isinstance(item, Skipped)]
+    batch = {
         "images": torch.stack(images) if images else torch.empty(0, 3, image_size, image_size),
         "skipped": [item.reason for item in skipped],
         "skipped_files": [item.source for item in skipped],
     }
+    if labelled:
+        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+    return batch
 
 
-def make_collate(image_size: int) -> partial:
-    """A picklable collate_fn (works with num_workers > 0) for batches of `image_size` images."""
-    return partial(collate, image_size=image_size)
+def make_collate(image_size: int, labelled: bool = False) -> partial:
+    """A picklable collate_fn (works with num_workers > 0) for batches of `image_size` images
+    (of (image, class id) pairs when `labelled`)."""
+    return partial(collate, image_size=image_size, labelled=labelled)

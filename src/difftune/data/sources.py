@@ -54,20 +54,23 @@ class HFImageRecords(Sequence):
         return value.get("bytes") or value.get("path") or b""
 
 
-def _image_column(ds: Any, dataset_name: str, image_column: str) -> Any:
-    """`ds` with only its image column, left undecoded; one line when there is no such column."""
+def _image_column(
+    ds: Any, dataset_name: str, image_column: str, label_column: str | None = None
+) -> Any:
+    """`ds` with only its image column, left undecoded (and the label column, if asked); one
+    line when there is no such column."""
     import datasets
 
     columns = list(ds.column_names or [])
-    if image_column not in columns:
-        raise DifftuneError(
-            f"data.image_column={image_column!r} is not one of {', '.join(columns)} "
-            f"(columns of {dataset_name})"
-        )
+    for key, column in (("image_column", image_column), ("label_column", label_column)):
+        if column is not None and column not in columns:
+            raise DifftuneError(
+                f"data.{key}={column!r} is not one of {', '.join(columns)} "
+                f"(columns of {dataset_name})"
+            )
+    kept = [image_column] + ([label_column] if label_column not in (None, image_column) else [])
     try:
-        return ds.select_columns([image_column]).cast_column(
-            image_column, datasets.Image(decode=False)
-        )
+        return ds.select_columns(kept).cast_column(image_column, datasets.Image(decode=False))
     except Exception as exc:
         raise DifftuneError(
             f"data.image_column={image_column!r} of {dataset_name} is not an image column: "
@@ -117,10 +120,12 @@ def load_hf_records(
     subset: str | None = None,
     revision: str | None = None,
     streaming: bool = False,
+    label_column: str | None = None,
 ) -> Any:
     """A hub dataset (its `subset` config at `revision`), a local hub-style folder or a
     `save_to_disk` dir, without decoding: `HFImageRecords`, or with `streaming` the
-    `datasets.IterableDataset` of its image column (nothing downloaded first)."""
+    `datasets.IterableDataset` of its image column (nothing downloaded first); `label_column`
+    is kept beside the images (`HFImageRecords.dataset` holds both)."""
     ds = _image_column(_load(dataset_name, split, subset, revision, streaming), dataset_name,
-                       image_column)  # fmt: skip
+                       image_column, label_column)  # fmt: skip
     return ds if streaming else HFImageRecords(ds, image_column)

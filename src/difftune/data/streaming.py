@@ -18,7 +18,8 @@ from difftune.data.sources import load_hf_records
 
 
 class StreamedImages(torch.utils.data.IterableDataset):
-    """The training records of a stream, shuffled per epoch, decoded on the fly."""
+    """The training records of a stream, shuffled per epoch, decoded on the fly; with a
+    `label_column`, each comes with its class id: (image, id)."""
 
     def __init__(
         self,
@@ -29,14 +30,15 @@ class StreamedImages(torch.utils.data.IterableDataset):
         random_crop: bool,
         seed: int,
         buffer_size: int,
+        label_column: str | None = None,
     ) -> None:
         super().__init__()
-        self.stream, self.column = stream, column
+        self.stream, self.column, self.label_column = stream, column, label_column
         self.image_size, self.flip, self.random_crop = image_size, flip, random_crop
         self.seed, self.buffer_size = seed, buffer_size
         self.epoch = 0  # counts this copy's passes (persistent workers keep theirs)
 
-    def __iter__(self) -> Iterator[torch.Tensor | Skipped]:
+    def __iter__(self) -> Iterator[torch.Tensor | Skipped | tuple[torch.Tensor | Skipped, int]]:
         stream = self.stream.shuffle(seed=self.seed, buffer_size=self.buffer_size)
         stream.set_epoch(self.epoch)
         torch.manual_seed(self.seed * 1_000_003 + self.epoch)  # flips and crops of this epoch
@@ -44,7 +46,8 @@ class StreamedImages(torch.utils.data.IterableDataset):
         for row in stream:
             value = row[self.column] or {}
             source = value.get("bytes") or value.get("path") or b""
-            yield decode_image(source, self.image_size, self.flip, self.random_crop)
+            image = decode_image(source, self.image_size, self.flip, self.random_crop)
+            yield image if self.label_column is None else (image, int(row[self.label_column]))
 
 
 def stream_split(
@@ -56,13 +59,19 @@ def stream_split(
     held_out: int,
     rank: int = 0,
     world_size: int = 1,
-) -> tuple[Any, list[Any]]:
-    """(this process's share of the training stream; the first `held_out` records, held out)."""
-    stream = load_hf_records(dataset_name, split, column, subset, revision, streaming=True)
-    val = [row[column] or {} for row in stream.take(held_out)]
+    label_column: str | None = None,
+) -> tuple[Any, list[Any], list[int]]:
+    """(this process's share of the training stream; the first `held_out` records, held out;
+    their class ids, empty without a `label_column`)."""
+    stream = load_hf_records(
+        dataset_name, split, column, subset, revision, streaming=True, label_column=label_column
+    )
+    rows = list(stream.take(held_out))
+    val = [row[column] or {} for row in rows]
+    labels = [int(row[label_column]) for row in rows] if label_column else []
     train = stream.skip(held_out)
     if world_size > 1:
         from datasets.distributed import split_dataset_by_node
 
         train = split_dataset_by_node(train, rank=rank, world_size=world_size)
-    return train, [v.get("bytes") or v.get("path") or b"" for v in val]
+    return train, [v.get("bytes") or v.get("path") or b"" for v in val], labels

@@ -24,6 +24,7 @@ from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from omegaconf import OmegaConf
 
+from difftune.core.conditioning import add_class_embedding
 from difftune.errors import DifftuneError
 from difftune.hub.checkpoints import state_dict_mismatch
 from difftune.hub.model_card import dataset_name, write_model_card
@@ -155,8 +156,12 @@ def export_checkpoint(
             )
         unet, scheduler = build_from_base(str(base))
         built = str(base)
+    class_names = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+    if class_names:  # a conditional run: its class embedding, then its weights
+        unet = add_class_embedding(unet, class_names)
     load_strictly(unet, weights, ckpt, built)
     facts = run_facts(run, ckpt, checkpoint, raw, base)
+    facts["class_names"] = list(class_names) if class_names else None
     if facts["image_size"]:  # the pipeline samples at the resolution it was trained at
         unet.register_to_config(sample_size=int(facts["image_size"]))
     kept = "the last complete export there stays loadable; free space and run this again"

@@ -2,7 +2,7 @@
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,59 @@ def _copy_grid(sample_grid: Path, pipeline_dir: Path) -> None:
         shutil.copyfile(sample_grid, target)
 
 
+def _usage(where: str, class_names: Sequence[str] | None) -> str:
+    """How to load and sample it: three lines of diffusers, or a CFG loop for class labels."""
+    if class_names is None:
+        return f"""## Usage
+
+Load it in three lines of diffusers:
+
+```python
+from diffusers import DDPMPipeline
+pipe = DDPMPipeline.from_pretrained({json.dumps(where)})
+image = pipe().images[0]
+```
+"""
+    null = len(class_names)
+    rows = "".join(f"| {i} | {name} |\n" for i, name in enumerate(class_names))
+    return f"""## Classes
+
+A class-conditional UNet (diffusers' `num_class_embeds`); id {null} is the null label used for
+classifier-free guidance (Ho & Salimans 2022).
+
+| id | class |
+|---|---|
+{rows}
+## Usage
+
+`DDPMPipeline()` passes no class labels; sample with labels and classifier-free guidance
+(scale `w`; 1 is the plain conditional model) in plain diffusers:
+
+```python
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+unet = UNet2DModel.from_pretrained({json.dumps(where)}, subfolder="unet").eval()
+scheduler = DDIMScheduler.from_pretrained({json.dumps(where)}, subfolder="scheduler")
+labels = torch.tensor([0, 0, 0, 0])  # {class_names[0]}
+null, w = torch.full_like(labels, {null}), 3.0
+size = unet.config.sample_size
+x = torch.randn(len(labels), 3, size, size, generator=torch.Generator().manual_seed(0))
+scheduler.set_timesteps(40)
+for t in scheduler.timesteps:
+    with torch.no_grad():
+        both = unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample
+    eps_c, eps_u = both.chunk(2)
+    x = scheduler.step(eps_u + w * (eps_c - eps_u), t, x).prev_sample
+images = (x / 2 + 0.5).clamp(0, 1)
+```
+
+or with difftune: `difftune.sampling.sample(unet, scheduler, noise, 40, class_labels=labels,
+cfg_scale=3.0)`, or
+`python sample.py pretrained=<this dir> class_label={class_names[0]} cfg_scale=3`.
+"""
+
+
 def write_model_card(
     pipeline_dir: str | Path,
     *,
@@ -88,10 +141,13 @@ def write_model_card(
     image_size: int | None = None,
     repo_id: str | None = None,
     license: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Write `pipeline_dir/README.md` (and `samples.png`, a copy of `sample_grid`); return it.
 
-    `ema` is the EMA decay, or None when EMA was off; `image_size` the training resolution.
+    `ema` is the EMA decay, or None when EMA was off; `image_size` the training resolution;
+    `class_names` those of a class-conditional UNet (the card then lists them and shows how to
+    sample with labels: `DDPMPipeline.__call__` passes none).
     The load snippet names `repo_id` when the pipeline is (to be) pushed, else the pipeline's
     absolute local path. Call it after `export_pipeline`: `pipeline_dir` must exist.
     """
@@ -132,16 +188,7 @@ A diffusers `DDPMPipeline` fine-tuned with difftune (PyTorch Lightning + Hydra).
 ## Samples
 
 {grid}
-## Usage
-
-Load it in three lines of diffusers:
-
-```python
-from diffusers import DDPMPipeline
-pipe = DDPMPipeline.from_pretrained({json.dumps(where)})
-image = pipe().images[0]
-```
-"""
+{_usage(where, class_names)}"""
     card = pipeline_dir / "README.md"
     data = _card_data(base_model, dataset, license)
     ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").save(card)

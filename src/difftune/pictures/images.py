@@ -48,12 +48,15 @@ def to_pil_list(x: torch.Tensor) -> list[Image.Image]:
 def montage(
     panels: list[tuple[str, Image.Image]], title: str | None = None, gap: int = 8
 ) -> Image.Image:
-    """Pictures side by side on white, each under its label, all under a title line."""
+    """Pictures side by side on white, each under its label, all under a title line (the canvas
+    widened to fit the title when the pictures are narrower)."""
     from PIL import ImageDraw
 
     line = 14
     top = line * (2 if title else 1)
     width = sum(p.width for _, p in panels) + gap * (len(panels) - 1)
+    if title:
+        width = max(width, 4 + math.ceil(ImageDraw.Draw(Image.new("1", (1, 1))).textlength(title)))
     canvas = Image.new("RGB", (width, top + max(p.height for _, p in panels)), "white")
     draw = ImageDraw.Draw(canvas)
     if title:
@@ -79,15 +82,17 @@ def save_panels(
     title: str | None = None,
     gap: int = 8,
     min_side: int = 64,
+    nrow: int | None = None,
 ) -> Path:
     """Batches (model space) as labelled grids side by side in one PNG, under a title line.
 
     Images smaller than `min_side` are enlarged by a whole factor with nearest-neighbour
-    resampling, so a 32 px grid is readable and each pixel stays a sharp square.
+    resampling, so a 32 px grid is readable and each pixel stays a sharp square. `nrow` images
+    a row (default ⌈√B⌉): one row per class in a class-conditional grid.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scale = max(1, math.ceil(min_side / panels[0][1].shape[-1]))
-    pictures = [(label, enlarged(grid_image(x), scale)) for label, x in panels]
+    pictures = [(label, enlarged(grid_image(x, nrow), scale)) for label, x in panels]
     montage(pictures, title, gap).save(path)
     return path

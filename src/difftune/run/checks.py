@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from difftune.core.conditioning import check_conditioning
 from difftune.errors import DifftuneError, is_int_at_least
 from difftune.hub.pipelines import load_unet_config, unet_downsample_factor
 from difftune.run.preflight import check_hardware
@@ -96,4 +97,9 @@ def check_train_config(cfg: DictConfig) -> None:
             "use hardware=cpu (32-true) unless you are measuring it",
             stacklevel=2,
         )
-    check_image_size(cfg.data.get("image_size"), unet_config_of(cfg.model))
+    unet_config = unet_config_of(cfg.model)
+    check_image_size(cfg.data.get("image_size"), unet_config)
+    labelled = [] if cfg.data.get("label_column") else None  # the names come with the data
+    check_conditioning(
+        unet_config, cfg.model.get("conditioning"), labelled, cfg.model.get("p_uncond", 0.1)
+    )

@@ -1,6 +1,8 @@
 """`sample_images(cfg)`, the `sample.py` job: load a pipeline, sample it, write grids and images."""
 
 import logging
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from difftune.core.conditioning import class_label_id, class_names_of
 from difftune.core.sampling import sample, set_timesteps
 from difftune.errors import DifftuneError, require_int
 from difftune.hub.pipelines import load_noise_scheduler, load_unet, load_unet_config
@@ -43,8 +46,44 @@ def _check(cfg: DictConfig) -> None:
     check_seed(cfg.get("seed"))
 
 
+def class_rows(cfg: DictConfig, unet_config: dict[str, Any]) -> list[int] | None:
+    """The class ids to sample, one grid row each (None: an unconditional pipeline), from
+    `class_label` and `cfg_scale` checked against `unet/config.json` alone (no weights)."""
+    w = cfg.get("cfg_scale")
+    if w is not None and not (
+        isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
+    ):
+        raise DifftuneError(
+            f"cfg_scale={w} must be a finite number (3 is usual, 1 is plain conditional "
+            "sampling) or null (no classifier-free guidance)"
+        )
+    names = class_names_of(unet_config)
+    if names is None:
+        for key in ("class_label", "cfg_scale"):
+            if cfg.get(key) is not None:
+                raise DifftuneError(
+                    f"{key}={cfg.get(key)}: pretrained={cfg.pretrained} has no classes (an "
+                    f"unconditional pipeline); valid: {key}=null, or a pipeline fine-tuned with "
+                    "model.conditioning=class"
+                )
+        return None
+    if cfg.get("class_label") is None:
+        return list(range(len(names)))
+    return [class_label_id(cfg.class_label, names, key="class_label")]
+
+
+def _file_name(name: str) -> str:
+    """A class name as a file-name prefix: path separators and other odd characters as `_`."""
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
 def sample_images(cfg: DictConfig) -> Path:
-    """Sample `cfg.pretrained` into `cfg.paths.output_dir`; returns the path of `grid.png`."""
+    """Sample `cfg.pretrained` into `cfg.paths.output_dir`; returns the path of `grid.png`.
+
+    A conditional pipeline samples `class_label` (a name or an id), or with `class_label=null`
+    every class from the same noises, one grid row per class; `cfg_scale` adds classifier-free
+    guidance (Ho & Salimans 2022).
+    """
     _check(cfg)
     out = Path(cfg.paths.output_dir)
     if cfg.get("plot") == "schedules":
@@ -55,6 +94,8 @@ def sample_images(cfg: DictConfig) -> Path:
     unet_config = load_unet_config(cfg.pretrained, key="pretrained")
     size = cfg.image_size or unet_config["sample_size"]
     check_image_size(size, unet_config, key="image_size")
+    rows = class_rows(cfg, unet_config)
+    cfg_scale = None if cfg.get("cfg_scale") is None else float(cfg.cfg_scale)
     scheduler = make_scheduler(cfg)
     guidance = hydra.utils.instantiate(cfg.get("guidance"))  # None for guidance=none
     device = (
@@ -64,9 +105,8 @@ def sample_images(cfg: DictConfig) -> Path:
 
     generator = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(cfg.num_images, unet.config.in_channels, size, size, generator=generator)
-    step_generator = torch.Generator(device).manual_seed(cfg.seed)  # DDPM's per-step noise
     progression: list[dict] = []
-    num_batches = -(-cfg.num_images // cfg.batch_size)
+    num_batches = -(-cfg.num_images // cfg.batch_size) * len(rows or [None])
     bar = tqdm(  # disable=None: no bar frames in a log file (stderr not a terminal)
         total=num_batches * cfg.num_inference_steps, desc="sampling", unit="step", disable=None
     )
@@ -76,36 +116,42 @@ def sample_images(cfg: DictConfig) -> Path:
         if step["i"] % cfg.progression_every == 0 or step["i"] == cfg.num_inference_steps - 1:
             progression.append({**step, "x_t": step["x_t"].cpu(), "x0": step["x0"].cpu()})
 
-    images = []
-    for start in range(0, cfg.num_images, cfg.batch_size):
-        batch = noise[start : start + cfg.batch_size].to(device)
-        callback = record if start == 0 else (lambda step: bar.update())
-        x_0 = sample(
-            unet, scheduler, batch, cfg.num_inference_steps, guidance, step_generator, callback
-        )
-        images.append(x_0.detach().cpu())
+    def draw(guidance: Any, progress: bool) -> torch.Tensor:
+        """Each class row (or the one unconditional row) from the same noise and DDPM seed."""
+        images = []
+        for label in rows or [None]:
+            step_generator = torch.Generator(device).manual_seed(cfg.seed)  # DDPM's step noise
+            for start in range(0, cfg.num_images, cfg.batch_size):
+                callback = (
+                    (record if not images else (lambda s: bar.update())) if progress else None
+                )
+                batch = noise[start : start + cfg.batch_size].to(device)
+                x_0 = sample(
+                    unet, scheduler, batch, cfg.num_inference_steps, guidance, step_generator,
+                    callback, class_labels=label, cfg_scale=cfg_scale,
+                )  # fmt: skip
+                images.append(x_0.detach().cpu())
+        return torch.cat(images)
+
+    x_0 = draw(guidance, progress=True)
     bar.close()
-    x_0 = torch.cat(images)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    names = class_names_of(unet_config)
     for index, image in enumerate(to_pil_list(x_0)):
-        (out / "images").mkdir(parents=True, exist_ok=True)
-        image.save(out / "images" / f"{index:04d}.png")
+        row, column = divmod(index, cfg.num_images)
+        prefix = "" if rows is None else f"{_file_name(names[rows[row]])}_"
+        image.save(out / "images" / f"{prefix}{column:04d}.png")
     plot_progression(progression, out / "progression.png")
-    grid = save_grid(x_0, out / "grid.png")
+    nrow = cfg.num_images if rows is not None and len(rows) > 1 else None  # a row per class
+    grid = save_grid(x_0, out / "grid.png", nrow=nrow)
     if guidance is not None:  # the same noise without guidance, beside it: what guidance did
-        step_generator = torch.Generator(device).manual_seed(cfg.seed)
-        unguided = torch.cat(
-            [
-                sample(
-                    unet, scheduler, noise[start : start + cfg.batch_size].to(device),
-                    cfg.num_inference_steps, None, step_generator,
-                ).cpu()
-                for start in range(0, cfg.num_images, cfg.batch_size)
-            ]
-        )  # fmt: skip
-        save_grid(unguided, out / "grid_unguided.png")
+        unguided = draw(None, progress=False)
+        save_grid(unguided, out / "grid_unguided.png", nrow=nrow)
         sampler = type(scheduler).__name__.removesuffix("Scheduler")
         title = f"{sampler}, {cfg.num_inference_steps} steps, seed {cfg.seed}"
-        save_panels([("unguided", unguided), (guidance.label, x_0)], out / "comparison.png", title)
+        title += "" if cfg_scale is None else f", CFG {cfg_scale:g}"
+        panels = [("unguided", unguided), (guidance.label, x_0)]
+        save_panels(panels, out / "comparison.png", title, nrow=nrow)
     bad = int((~torch.isfinite(x_0.flatten(1))).any(1).sum())
     if bad:  # written anyway (black where NaN), so they can be looked at
         raise DifftuneError(

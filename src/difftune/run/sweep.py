@@ -3,7 +3,8 @@
 Each job, finished or failed, leaves `<sweep dir>/.summary/<job>.json`; after every job the
 tables `summary.csv` and `summary.md` are rebuilt from all of them (overrides, status, final
 train/val loss, KID/FID when measured, wall time, run directory), and a sample.py sweep's grids
-are put side by side, labelled by their overrides, in `montage.png`. Written by rank 0 only.
+are put side by side, labelled by the overrides their jobs do not share, in `montage.png`.
+Written by rank 0 only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import json
 import math
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -81,8 +83,24 @@ def write_tables(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
         tmp.replace(sweep_dir / name)
 
 
+def _words(overrides: str) -> list[str]:
+    try:
+        return shlex.split(overrides)  # `guidance.prompt='a red rose'` is one override
+    except ValueError:
+        return overrides.split()
+
+
+def panel_labels(overrides: list[str]) -> list[str]:
+    """Each job's overrides less those every job shares (e.g. `pretrained=<a long path>`), so a
+    label shows what the sweep varied, `cfg_scale=3`; all of them where nothing differs."""
+    words = [_words(o) for o in overrides]
+    shared = set.intersection(*map(set, words)) if words else set()
+    labels = [" ".join(w for w in job if w not in shared) for job in words]
+    return labels if all(labels) else list(overrides)
+
+
 def write_montage(sweep_dir: Path, rows: list[dict[str, Any]], min_width: int = 256) -> None:
-    """`montage.png`: each completed job's `grid.png` (sample.py's) under its overrides."""
+    """`montage.png`: each completed job's `grid.png` (sample.py's) under what its job varied."""
     from PIL import Image
 
     from difftune.pictures.images import enlarged, montage
@@ -94,7 +112,11 @@ def write_montage(sweep_dir: Path, rows: list[dict[str, Any]], min_width: int = 
     ]
     if len(grids) < 2:
         return
-    pictures = [(label, Image.open(path).convert("RGB")) for label, path in grids]
+    labels = panel_labels([overrides for overrides, _ in grids])
+    pictures = [
+        (label, Image.open(path).convert("RGB"))
+        for label, (_, path) in zip(labels, grids, strict=True)
+    ]
     factor = max(1, math.ceil(min_width / pictures[0][1].width))
     panels = [(label, enlarged(picture, factor)) for label, picture in pictures]
     tmp = sweep_dir / f".montage.png.tmp{os.getpid()}.png"

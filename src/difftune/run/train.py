@@ -48,7 +48,8 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_optimizer(cfg.model.optimizer)
     datamodule = hydra.utils.instantiate(cfg.data)
-    module = hydra.utils.instantiate(cfg.model)
+    class_names = datamodule.class_names if cfg.model.get("conditioning") else None
+    module = hydra.utils.instantiate(cfg.model, class_names=class_names)
     log_config(loggers, cfg)
     return datamodule, module, trainer
 
