@@ -2,6 +2,7 @@
 
 python train.py hydra.run.dir=outputs/readme/train
 python sample.py guidance=color hydra.run.dir=outputs/readme/color
+python train.py experiment=conditional hydra.run.dir=outputs/readme/conditional
 python scripts/readme_figures.py outputs/readme
 """
 
@@ -19,6 +20,9 @@ def main(root: Path) -> None:
     shutil.copy(root / "train" / "loss_curve.png", docs / "default_loss_curve.png")
     shutil.copy(root / "color" / "comparison.png", docs / "color_guidance.png")
     shutil.copy(root / "color" / "progression.png", docs / "progression.png")
+    conditional = sorted((root / "conditional" / "samples").glob("step_*.png"))
+    shutil.copy(conditional[0], docs / "conditional_samples_first.png")
+    shutil.copy(conditional[-1], docs / "conditional_samples_last.png")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.hub.pipelines import resolve_pretrained
+from difftune.run.train import build_module
 from helpers.compose import CONF
 
 TESTED_ELSEWHERE = {"guidance", "scheduler"}
@@ -186,10 +187,13 @@ def build_train(cfg: DictConfig, run_dir: Path) -> None:
     datamodule = hydra.utils.instantiate(cfg.data)
     assert isinstance(datamodule, LightningDataModule)
     datamodule.setup("fit")
-    images = next(iter(datamodule.train_dataloader()))["images"]
+    batch = next(iter(datamodule.train_dataloader()))
+    images = batch["images"]
     assert images.shape[1:] == (3, cfg.data.image_size, cfg.data.image_size)
     assert 0 < len(images) <= cfg.data.batch_size
-    assert isinstance(hydra.utils.instantiate(cfg.model), LightningModule)
+    if cfg.data.get("label_column"):
+        assert batch["labels"].shape == (len(images),)
+    assert isinstance(build_module(cfg.model, datamodule), LightningModule)
 
 
 def build_sample(cfg: DictConfig) -> None:

@@ -124,9 +124,12 @@ def test_every_readme_error_example_is_the_line_a_user_gets(
     except Exception as err:  # what the entry point prints, then exits 2
         line = f"error: {err}"
     else:
-        cfg = compose_train(*overrides, output_dir=tmp_path)
+        compose, job = (
+            (compose_sample, sample_images) if script == "sample" else (compose_train, train)
+        )
+        cfg = compose(*overrides, output_dir=tmp_path)
         with pytest.raises(SystemExit) as stop:
-            exit_on_user_error(train)(cfg)
+            exit_on_user_error(job)(cfg)
         assert stop.value.code == 2
         line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("error: "))
     assert matches(line, expected), f"\nREADME: {expected}\ngot:    {line}"

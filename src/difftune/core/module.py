@@ -72,6 +72,8 @@ class DiffusionFineTuner(LightningModule):
         super().__init__()
         check_prediction_type(noise_scheduler.config.prediction_type)
         self.class_names = check_conditioning(unet, conditioning, class_names, p_uncond)
+        class_names = self.class_names  # a plain list in the hparams (instantiate passes a
+        # ListConfig, which a weights_only checkpoint load refuses)
         if self.class_names is not None:  # starts exactly at the pretrained model, every label
             unet = add_class_embedding(unet, self.class_names)
         self.p_uncond = p_uncond

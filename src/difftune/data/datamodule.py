@@ -79,6 +79,8 @@ class ImageDataModule(pl.LightningDataModule):
                 "vintage_faces, wikiart) stream; a folder is on disk already"
             )
         styles = check_styles(style)
+        # a plain list in the hparams: a checkpoint holding a ListConfig fails weights_only loads
+        style = style if isinstance(style, str) else list(styles)
         check_label_column(source, label_column)
         if source == "hf" and not dataset_name:
             raise DifftuneError(

@@ -48,10 +48,15 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_optimizer(cfg.model.optimizer)
     datamodule = hydra.utils.instantiate(cfg.data)
-    class_names = datamodule.class_names if cfg.model.get("conditioning") else None
-    module = hydra.utils.instantiate(cfg.model, class_names=class_names)
+    module = build_module(cfg.model, datamodule)
     log_config(loggers, cfg)
     return datamodule, module, trainer
+
+
+def build_module(model_cfg: DictConfig, datamodule: Any) -> Any:
+    """The LightningModule; with `model.conditioning` it gets the data's class names."""
+    class_names = datamodule.class_names if model_cfg.get("conditioning") else None
+    return hydra.utils.instantiate(model_cfg, class_names=class_names)
 
 
 def instantiate_all(cfg: DictConfig | None) -> list[Any]:
