@@ -1,6 +1,7 @@
 """Shared fixtures: the real configs shrunk to tiny runs, tiny models and images made in the test,
 so everything runs offline on CPU. Helpers the fixtures do not cover live in tests/helpers/."""
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,14 @@ def _no_hydra_job_left_behind():
     """A test that sets Hydra's job config (as a job sees it) must not make the next one a job."""
     yield
     HydraConfig.instance().cfg = None
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_a_fresh_process_has_it():
+    """Lightning ignores SIGINT once a fit is interrupted (so a second Ctrl-C cannot cut its
+    shutdown short); a test whose fit ended that way must not leave the next test deaf to it."""
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

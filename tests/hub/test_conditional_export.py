@@ -20,7 +20,9 @@ def test_the_model_card_lists_the_classes_and_its_cfg_code_samples_them(tmp_path
     unet = make_conditional_unet(NAMES)
     pipe = export_pipeline(unet, DDPMScheduler(num_train_timesteps=1000), tmp_path / "pipeline")
     card = write_model_card(pipe, **card_args(tmp_path), class_names=list(NAMES))
-    _, body = split_card(card.read_text())
+    meta, body = split_card(card.read_text())
+    assert meta["tags"] == ["pytorch", "diffusers", "class-conditional", "difftune"]
+    assert "pipeline_tag" not in meta  # the Hub's unconditional widget would pass no labels
     for row in ["| 0 | photo |", "| 1 | vintage |", "| 2 | cyanotype |", "id 3 is the null label"]:
         assert row in body, row
     assert "DDPMPipeline.from_pretrained" not in body  # its __call__ passes no labels

@@ -13,7 +13,8 @@ from huggingface_hub.utils import validate_repo_id
 from difftune.errors import DifftuneError
 from difftune.hub.pipelines import EMBEDDED
 
-TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "difftune"]
+UNCONDITIONAL, CONDITIONAL_TAG = "unconditional-image-generation", "class-conditional"
+TAGS = ["pytorch", "diffusers", UNCONDITIONAL, "difftune"]
 SAMPLES_NAME = "samples.png"
 
 
@@ -44,12 +45,17 @@ def describe_base(base_model: str | None) -> str:
     return f"a local pipeline ({Path(base_model).name})"  # no absolute path of this machine
 
 
-def _card_data(base_model: str | None, dataset: str | None, license: str | None) -> ModelCardData:
+def _card_data(
+    base_model: str | None, dataset: str | None, license: str | None, conditional: bool = False
+) -> ModelCardData:
+    """The front matter; a class-conditional model has no Hub pipeline tag (the Hub's
+    unconditional widget would call it without labels)."""
+    tags = [CONDITIONAL_TAG if t == UNCONDITIONAL else t for t in TAGS] if conditional else TAGS
     return ModelCardData(
         library_name="diffusers",
         license=license or None,
-        tags=list(TAGS),
-        pipeline_tag="unconditional-image-generation",
+        tags=list(tags),
+        pipeline_tag=None if conditional else UNCONDITIONAL,
         base_model=base_model if looks_like_hub_id(base_model) else None,
         datasets=[dataset] if looks_like_hub_id(dataset) else None,
     )
@@ -190,6 +196,6 @@ A diffusers `DDPMPipeline` fine-tuned with difftune (PyTorch Lightning + Hydra).
 {grid}
 {_usage(where, class_names)}"""
     card = pipeline_dir / "README.md"
-    data = _card_data(base_model, dataset, license)
+    data = _card_data(base_model, dataset, license, conditional=class_names is not None)
     ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").save(card)
     return card
