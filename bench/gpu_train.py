@@ -1,36 +1,72 @@
-"""Fine-tuning throughput of the ddpm-celebahq-256 architecture (random weights) with `Trainer.fit`.
+"""Fine-tuning throughput of the ddpm-celebahq-256 architecture (random weights), lever by lever.
 
-Reports images/s, peak memory and model FLOP utilisation at 128 and 256 px in bf16 on a GPU
-(goal on one H100: >= 150 images/s at 256 px; the DDPM paper reports 140 on a TPU v3-8).
-On a CPU it runs a tiny smoke size in float32 so the script itself stays tested.
-    python bench/gpu_train.py [--sizes 128 256] [--batch-size 32] [--steps 30]
+Default mode: `Trainer.fit` of `DiffusionFineTuner` at 256 px, batch 32, bf16, one row per
+throughput lever and the levers together: images/s, TFLOP/s (model FLOPs by Lightning's
+`measure_flops`, recomputation not counted), MFU, peak memory allocated and reserved, and the mean
+loss of the timed steps (same weights, data and draws in every row: a lever that changes the
+numbers shows there). Rows with gradient checkpointing and the 24 GiB recipe (batch 16 x 2
+accumulation) give the memory levers. Goal on one H100: >= 150 images/s at 256 px.
+
+`--peer`: `python train.py hardware=gpu` on a folder of `--images` real-size JPEGs against
+diffusers' train_unconditional.py Accelerate loop (bench/gpu_peer.py) with the same UNet, batch,
+precision and data workers, each in its own process; steady images/s from step `--warmup` to the
+last (train.py: the timestamps of its progress lines, which wait for the GPU; the peer: its
+clock). `--compile` adds a train.py run with `model.compile=true`. The last line is the ratio.
+On a CPU both modes run a smoke size (tiny UNet, 32 px, float32) so the script stays tested.
+    python bench/gpu_train.py [--size 256] [--batch-size 32] [--steps 16] [--compile]
+    python bench/gpu_train.py --peer [--images 512] [--jpeg-size 1024] [--steps 60] [--compile]
 """
 
 import argparse
+import csv
+import logging
+import math
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from gpu_peer import CELEBAHQ_256, SMOKE, write_jpegs
 from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch import Callback, Trainer
+from peer_train import train_py_steady
 from torch.utils.data import DataLoader
 
 from difftune.core.module import DiffusionFineTuner
 
-CELEBAHQ_256 = dict(
-    in_channels=3, out_channels=3, layers_per_block=2,
-    block_out_channels=(128, 128, 256, 256, 512, 512),
-    down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
-)  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks
+ALL = dict(benchmark=True, channels_last=True, fused=True, tf32=True)  # hardware=gpu's levers
+ROWS = {  # name: (levers, batch size divisor, accumulation)
+    "baseline (torch defaults, sdpa)": ({}, 1, 1),
+    "+ cudnn.benchmark": (dict(benchmark=True), 1, 1),
+    "+ channels_last": (dict(channels_last=True), 1, 1),
+    "+ fused AdamW": (dict(fused=True), 1, 1),
+    "+ TF32 matmuls": (dict(tf32=True), 1, 1),
+    "attention classic (not sdpa)": (dict(attention="classic"), 1, 1),
+    "all: hardware=gpu levers": (ALL, 1, 1),
+    "all + gradient checkpointing": (dict(ALL, checkpointing=True), 1, 1),
+    "24 GiB recipe: batch 16 x 2, ckpt": (dict(ALL, checkpointing=True), 2, 2),
+}
+COMPILE_ROW = "all + compile"
+CELEBAHQ_CLI = [
+    "model=scratch", "model.unet.layers_per_block=2",
+    "model.unet.block_out_channels=[128,128,256,256,512,512]",
+    "model.unet.down_block_types=[DownBlock2D,DownBlock2D,DownBlock2D,DownBlock2D,AttnDownBlock2D,DownBlock2D]",
+    "model.unet.up_block_types=[UpBlock2D,AttnUpBlock2D,UpBlock2D,UpBlock2D,UpBlock2D,UpBlock2D]",
+]  # fmt: skip
+SMOKE_CLI = ["model.unet.block_out_channels=[32,32,64,64,64,64]", "+model.unet.norm_num_groups=16"]
 
 
-class Throughput(Callback):
-    """Wall time of the steps after `warmup`, with the GPU synchronised at both ends."""
+class Meter(Callback):
+    """Wall time of the steps after `warmup` (GPU synchronised at both ends) and their losses."""
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
+    def __init__(self, warmup: int, accumulate: int) -> None:
+        self.warmup, self.accumulate = warmup, accumulate
+        self.losses: list[torch.Tensor] = []
 
     def _sync(self) -> None:
         if torch.cuda.is_available():
@@ -41,77 +77,181 @@ class Throughput(Callback):
             self._sync()
             self.start = time.perf_counter()
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx >= self.warmup:
+            self.losses.append(outputs["loss"].detach() * self.accumulate)  # Lightning's is /N
+
     def on_train_end(self, trainer, pl_module) -> None:
         self._sync()
         self.seconds = time.perf_counter() - self.start
 
 
-def train_flops(unet: UNet2DModel, batch_size: int, size: int, device: str) -> float:
-    """FLOPs of one forward + backward pass, counted by Lightning's `measure_flops`."""
-    x = torch.randn(batch_size, 3, size, size, device=device)
-    t = torch.randint(0, 1000, (batch_size,), device=device)
-    flops = measure_flops(unet, lambda: unet(x, t).sample, lambda y: y.float().pow(2).mean())
-    unet.zero_grad(set_to_none=True)
-    return float(flops)
+def unet_config(size: int, device: str) -> dict:
+    return dict(CELEBAHQ_256, sample_size=size, **(SMOKE if device == "cpu" else {}))
 
 
-def run(size: int, batch_size: int, steps: int, warmup: int, device: str, precision: str) -> dict:
-    config = dict(CELEBAHQ_256, sample_size=size)
-    if device == "cpu":  # smoke size: same code path, a network small enough for a CPU
-        config.update(block_out_channels=(32, 32, 64, 64, 64, 64), norm_num_groups=16)
-    unet = UNet2DModel(**config).to(device)
-    flops = train_flops(unet, batch_size, size, device)
+def flops_per_image(size: int, device: str) -> float:
+    """Model FLOPs of one forward + backward pass of one image (Lightning's `measure_flops`)."""
+    with torch.device("meta"):
+        unet = UNet2DModel(**unet_config(size, device))
+        x, t = torch.randn(2, 3, size, size), torch.randint(0, 1000, (2,))
+    return measure_flops(unet, lambda: unet(x, t).sample, lambda y: y.sum()) / 2
+
+
+def set_tf32(on: bool) -> None:
+    torch.set_float32_matmul_precision("high" if on else "highest")
+
+
+def run_row(levers: dict, batch_size: int, accumulate: int, args, device: str) -> dict:
+    """One `Trainer.fit` with the levers; images/s after the warm-up steps."""
+    torch.backends.cudnn.benchmark = bool(levers.get("benchmark"))
+    set_tf32(bool(levers.get("tf32")))
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config(args.size, device))
+    fused = True if levers.get("fused") else None
     module = DiffusionFineTuner(
-        unet, DDPMScheduler(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5)
-    )
-    data = [{"images": torch.randn(batch_size, 3, size, size), "skipped": []}] * steps
-    timer = Throughput(warmup)
-    trainer = Trainer(
-        accelerator=device, devices=1, precision=precision, max_steps=steps, logger=False,
-        callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
+        unet, DDPMScheduler(), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5, fused=fused),
+        gradient_checkpointing=bool(levers.get("checkpointing")),
+        channels_last=bool(levers.get("channels_last")), compile=bool(levers.get("compile")),
+        attention=levers.get("attention", "sdpa"),
     )  # fmt: skip
-    if torch.cuda.is_available():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(args.steps * accumulate, batch_size, 3, args.size, args.size,
+                         generator=generator)  # fmt: skip
+    data = [{"images": x, "skipped": []} for x in images]
+    meter = Meter(args.warmup * accumulate, accumulate)
+    trainer = Trainer(
+        accelerator=device, devices=1, precision=args.precision, max_steps=args.steps,
+        accumulate_grad_batches=accumulate, logger=False, callbacks=[meter],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, benchmark=bool(levers.get("benchmark")),
+    )  # fmt: skip
+    if device == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer.fit(module, DataLoader(data, batch_size=None, pin_memory=device != "cpu"))
-    steps_per_s = (steps - warmup) / timer.seconds
-    result = {
-        "size": size, "params_M": sum(p.numel() for p in unet.parameters()) / 1e6,
-        "images_per_s": steps_per_s * batch_size, "tflops": flops * steps_per_s / 1e12,
-        "peak_mem_GiB": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0,
-    }  # fmt: skip
+    trainer.fit(module, DataLoader(data, batch_size=None, pin_memory=device == "cuda"))
+    timed_images = (args.steps - args.warmup) * accumulate * batch_size
+    cuda = device == "cuda"
+    return {
+        "images_per_s": timed_images / meter.seconds,
+        "loss": torch.stack(meter.losses).float().mean().item(),
+        "peak": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+        "reserved": torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0,
+    }
+
+
+def levers_mode(args, device: str) -> None:
+    flops = flops_per_image(args.size, device)
     name = torch.cuda.get_device_name() if device == "cuda" else ""
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    result["mfu"] = result["tflops"] / peak if peak else float("nan")
-    return result
+    rows = dict(ROWS)
+    if args.compile:
+        rows[COMPILE_ROW] = (dict(ALL, compile=True), 1, 1)
+    print(f"{'row':36} {'batch':>7} {'images/s':>9} {'TFLOP/s':>8} {'MFU':>6} "
+          f"{'peak GiB':>8} {'reserved':>8} {'loss':>8}")  # fmt: skip
+    results = {}
+    for row, (levers, divisor, accumulate) in rows.items():
+        r = run_row(levers, args.batch_size // divisor, accumulate, args, device)
+        results[row] = r
+        tflops = flops * r["images_per_s"] / 1e12
+        mfu = f"{tflops / peak:.1%}" if peak else "-"
+        batch = f"{args.batch_size // divisor}x{accumulate}"
+        print(f"{row:36} {batch:>7} {r['images_per_s']:9.1f} {tflops:8.1f} {mfu:>6} "
+              f"{r['peak']:8.2f} {r['reserved']:8.2f} {r['loss']:8.5f}", flush=True)  # fmt: skip
+    best = max(results, key=lambda k: results[k]["images_per_s"])
+    base = results["baseline (torch defaults, sdpa)"]["images_per_s"]
+    print(f"images/s at {args.size} px: best {results[best]['images_per_s']:.1f} ({best}), "
+          f"{results[best]['images_per_s'] / base:.2f}x the baseline")  # fmt: skip
+
+
+def train_py(data_dir: Path, run_dir: Path, args, device: str, extra: list[str]) -> tuple:
+    """images/s (steady, data loading included) and peak GiB of one `python train.py` run."""
+    every = math.gcd(args.warmup, args.steps)
+    command = [
+        sys.executable, str(REPO / "train.py"), *CELEBAHQ_CLI,
+        *(["hardware=gpu"] if device == "cuda" else ["hardware=cpu", *SMOKE_CLI]),
+        "data=imagefolder", f"data.data_dir={data_dir}", f"data.image_size={args.size}",
+        f"data.batch_size={args.batch_size}", f"data.num_workers={args.workers}",
+        "data.val_size=4", f"trainer.max_steps={args.steps}", "callbacks.sample_grid=null",
+        "callbacks.loss_curve=null", "callbacks.final_checkpoint=null", "export_dir=null",
+        "callbacks.model_checkpoint=null", f"callbacks.progress.every_n_steps={every}",
+        f"callbacks.throughput.every_n_steps={every}", f"trainer.log_every_n_steps={every}",
+        "trainer.val_check_interval=100000",
+        f"hydra.run.dir={run_dir}", f"resume_dir={run_dir.parent / 'resume'}", *extra,
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    output = done.stdout + done.stderr
+    if done.returncode:
+        sys.exit(f"train.py {' '.join(extra)} exited {done.returncode}:\n{output[-3000:]}")
+    steps_per_s = train_py_steady(output, args.warmup, args.steps)
+    with open(run_dir / "metrics.csv") as f:
+        peaks = [float(r["perf/peak_memory_mb"]) for r in csv.DictReader(f)
+                 if r.get("perf/peak_memory_mb")]  # fmt: skip
+    return steps_per_s * args.batch_size, max(peaks) / 1024
+
+
+def peer(data_dir: Path, args) -> tuple[float, float]:
+    command = [
+        sys.executable, str(REPO / "bench" / "gpu_peer.py"), f"--data-dir={data_dir}",
+        f"--size={args.size}", f"--batch-size={args.batch_size}", f"--steps={args.steps}",
+        f"--warmup={args.warmup}", f"--workers={args.workers}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    output = done.stdout + done.stderr
+    line = [x for x in output.splitlines() if x.startswith("peer steady")]
+    if done.returncode or not line:
+        sys.exit(f"bench/gpu_peer.py exited {done.returncode}:\n{output[-3000:]}")
+    _, _, steps, _, seconds, _, _, peak, _ = line[0].split()
+    return int(steps) * args.batch_size / float(seconds), float(peak)
+
+
+def peer_mode(args, device: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "jpegs"
+        start = time.perf_counter()
+        write_jpegs(data_dir, args.images, args.jpeg_size)
+        print(f"{args.images} JPEGs of {args.jpeg_size} px written in "
+              f"{time.perf_counter() - start:.1f} s; {args.size} px, batch {args.batch_size}, "
+              f"{args.workers} workers, {args.steps} steps, timed after {args.warmup}")  # fmt: skip
+        rows = {"diffusers train_unconditional.py loop (Accelerate)": peer(data_dir, args)}
+        print(f"{'peer':52} {rows[next(iter(rows))][0]:8.1f} images/s  "
+              f"peak {rows[next(iter(rows))][1]:.2f} GiB", flush=True)  # fmt: skip
+        runs = {f"train.py hardware={'gpu' if device == 'cuda' else 'cpu'}": []}
+        if args.compile:
+            runs["train.py hardware=gpu model.compile=true"] = ["model.compile=true"]
+        for i, (name, extra) in enumerate(runs.items()):
+            rows[name] = train_py(data_dir, Path(tmp) / f"run{i}", args, device, extra)
+            print(f"{name:52} {rows[name][0]:8.1f} images/s  peak {rows[name][1]:.2f} GiB",
+                  flush=True)  # fmt: skip
+    ours = max(v[0] for k, v in rows.items() if k.startswith("train.py"))
+    print(
+        f"ratio train.py/peer images/s: {ours / rows[next(iter(rows))][0]:.2f} "
+        f"(train.py {ours:.1f} images/s)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256] if cuda else [32])
-    parser.add_argument("--batch-size", type=int, default=32 if cuda else 2)
-    parser.add_argument("--steps", type=int, default=30 if cuda else 4)
-    parser.add_argument("--warmup", type=int, default=10 if cuda else 1)
+    parser.add_argument("--peer", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--size", type=int, default=256 if cuda else 32)
+    parser.add_argument("--batch-size", type=int, default=32 if cuda else 4)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--images", type=int, default=512 if cuda else 16)
+    parser.add_argument("--jpeg-size", type=int, default=1024 if cuda else 96)
+    parser.add_argument("--workers", type=int, default=8 if cuda else 0)
     parser.add_argument("--precision", default="bf16-mixed" if cuda else "32-true")
     args = parser.parse_args()
+    default_steps = (60, 20) if args.peer else (16, 6)
+    args.steps = args.steps or (default_steps[0] if cuda else 4)
+    args.warmup = args.warmup or (default_steps[1] if cuda else 2)
     device = "cuda" if cuda else "cpu"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # no per-row banners
     name = torch.cuda.get_device_name() if cuda else "CPU (smoke size, not the real model)"
-    print(f"{name}, {args.precision}, batch {args.batch_size}")
-    results = [
-        run(size, args.batch_size, args.steps, args.warmup, device, args.precision)
-        for size in args.sizes
-    ]
-    for r in results:
-        print(
-            f"{r['size']:>4} px  {r['params_M']:.1f}M params  {r['images_per_s']:8.1f} images/s  "
-            f"{r['tflops']:7.1f} TFLOP/s  MFU {r['mfu']:.1%}  peak {r['peak_mem_GiB']:.1f} GiB"
-        )
-    print(f"images/s at {results[-1]['size']} px: {results[-1]['images_per_s']:.1f}")
+    print(f"{name}, torch {torch.__version__}, {args.precision}, {args.size} px")
+    peer_mode(args, device) if args.peer else levers_mode(args, device)
 
 
 if __name__ == "__main__":

@@ -108,53 +108,40 @@ def peer_steady(output: str) -> float:
     return int(found[1]) / float(found[2])
 
 
-def peer_worker(args: argparse.Namespace) -> None:
-    """diffusers' train_unconditional.py loop (its documented defaults) for `args.steps` steps."""
-    import torch
-    import torch.nn.functional as F
-    from accelerate import Accelerator
-    from datasets import load_dataset
-    from diffusers import DDPMScheduler, UNet2DModel
-    from diffusers.optimization import get_scheduler
+def example_transforms(size: int):
+    """The example's torchvision augmentations: resize, centre crop, flip, to [-1, 1]."""
     from torchvision import transforms
-    from tqdm.auto import tqdm
 
-    torch.set_num_threads(1)
-    accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision="no")
-    model = UNet2DModel.from_pretrained(args.base, subfolder="unet")
-    noise_scheduler = DDPMScheduler.from_pretrained(args.base, subfolder="scheduler")
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8
-    )
-    augmentations = transforms.Compose(
+    return transforms.Compose(
         [
-            transforms.Resize(IMAGE_SIZE, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.CenterCrop(IMAGE_SIZE),
+            transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(size),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             transforms.Normalize([0.5], [0.5]),
         ]
     )
-    dataset = load_dataset(
-        "imagefolder", data_dir=args.data_dir, cache_dir=args.cache_dir, split="train"
-    )
 
-    def transform_images(examples: dict) -> dict:
-        return {"input": [augmentations(image.convert("RGB")) for image in examples["image"]]}
 
-    dataset.set_transform(transform_images)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=0
-    )
+def train_unconditional_loop(
+    accelerator, model, noise_scheduler, optimizer, loader, steps: int, warmup: int
+) -> float:
+    """train_unconditional.py's cosine schedule (500 warm-up steps), `accelerator.prepare` and
+    training loop for `steps` steps; the seconds from step `warmup` to the end."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
     lr_scheduler = get_scheduler(
-        "cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=args.steps
+        "cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=steps
     )
     model, optimizer, loader, lr_scheduler = accelerator.prepare(
         model, optimizer, loader, lr_scheduler
     )
     prediction_type = noise_scheduler.config.prediction_type
     global_step, start = 0, time.perf_counter()
-    while global_step < args.steps:
+    while global_step < steps:
         model.train()
         progress_bar = tqdm(total=len(loader), disable=not accelerator.is_local_main_process)
         for batch in loader:
@@ -186,12 +173,45 @@ def peer_worker(args: argparse.Namespace) -> None:
             logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
             progress_bar.set_postfix(**logs, step=global_step)
             accelerator.log(logs, step=global_step)
-            if global_step == args.warmup:
+            if global_step == warmup:
                 start = time.perf_counter()
-            if global_step == args.steps:
+            if global_step == steps:
                 break
         progress_bar.close()
-    seconds = time.perf_counter() - start
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def peer_worker(args: argparse.Namespace) -> None:
+    """diffusers' train_unconditional.py loop (its documented defaults) for `args.steps` steps."""
+    import torch
+    from accelerate import Accelerator
+    from datasets import load_dataset
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.set_num_threads(1)
+    accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision="no")
+    model = UNet2DModel.from_pretrained(args.base, subfolder="unet")
+    noise_scheduler = DDPMScheduler.from_pretrained(args.base, subfolder="scheduler")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8
+    )
+    augmentations = example_transforms(IMAGE_SIZE)
+    dataset = load_dataset(
+        "imagefolder", data_dir=args.data_dir, cache_dir=args.cache_dir, split="train"
+    )
+
+    def transform_images(examples: dict) -> dict:
+        return {"input": [augmentations(image.convert("RGB")) for image in examples["image"]]}
+
+    dataset.set_transform(transform_images)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=0
+    )
+    seconds = train_unconditional_loop(
+        accelerator, model, noise_scheduler, optimizer, loader, args.steps, args.warmup
+    )
     accelerator.end_training()
     print(f"peer steady {args.steps - args.warmup} steps {seconds:.4f} s")
 

@@ -203,3 +203,65 @@ def test_train_with_compile_keeps_checkpoint_ema_and_export_keys(tmp_path, monke
     assert checkpoint["state_dict"].keys() == module.state_dict().keys()
     exported = DDPMPipeline.from_pretrained(tmp_path / "pipeline").unet.state_dict()
     assert exported.keys() == module.unet.state_dict().keys()
+
+
+def test_sdpa_and_classic_attention_give_the_same_loss_and_gradients():
+    """The attention lever swaps the kernel, not the maths: softmax(QKᵀ/√d)V either way."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    sdpa, classic = make(), make(attention="classic")
+    kinds = {type(m.processor) for m in classic.unet.modules() if hasattr(m, "processor")}
+    assert kinds == {AttnProcessor}
+    assert {type(m.processor) for m in sdpa.unet.modules() if hasattr(m, "processor")} == {
+        AttnProcessor2_0
+    }
+    x_0 = batches(1, 4)[0]["images"]
+    torch.testing.assert_close(loss_of(classic, x_0), loss_of(sdpa, x_0), rtol=0, atol=1e-6)
+    classic_grads, sdpa_grads = gradients(classic, x_0), gradients(sdpa, x_0)
+    for name, grad in sdpa_grads.items():
+        torch.testing.assert_close(classic_grads[name], grad, rtol=0, atol=1e-5)
+
+
+def test_an_unknown_attention_is_one_line():
+    with pytest.raises(
+        DifftuneError, match=r"^model.attention='flash': expected one of sdpa, classic$"
+    ):
+        make(attention="flash")
+
+
+def test_matmul_precision_is_checked_before_the_run_and_set_for_it(tmp_path):
+    from difftune.run.checks import check_train_config
+
+    bad = compose_train("matmul_precision=fast", output_dir=tmp_path / "bad")
+    with pytest.raises(DifftuneError, match=r"^matmul_precision='fast': expected null or one of "):
+        check_train_config(bad)
+    before = torch.get_float32_matmul_precision()
+    try:
+        train(shrink(compose_train("matmul_precision=high", output_dir=tmp_path / "ok"), 1))
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_hardware_gpu_turns_the_measured_levers_on_and_cpu_leaves_them_off(tmp_path):
+    for hardware in ("gpu", "multi_gpu"):
+        cfg = compose_train(f"hardware={hardware}", output_dir=tmp_path)
+        assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("gpu", "bf16-mixed")
+        assert cfg.model.channels_last and cfg.model.optimizer.fused
+        assert (cfg.model.attention, cfg.matmul_precision) == ("sdpa", "high")
+        assert (cfg.data.num_workers, cfg.data.pin_memory, cfg.data.prefetch_factor) == (8, True, 4)
+    assert compose_train("hardware=multi_gpu", output_dir=tmp_path).trainer.strategy == "ddp"
+    cpu = compose_train("hardware=cpu", output_dir=tmp_path)
+    assert not cpu.model.channels_last and cpu.matmul_precision is None
+
+
+def test_prefetch_factor_reaches_the_loader_and_is_checked():
+    from difftune.data import ImageDataModule
+
+    loader = ImageDataModule(source="synthetic", num_images=8, num_workers=1, prefetch_factor=3)
+    assert loader.train_dataloader().prefetch_factor == 3
+    assert (
+        ImageDataModule(source="synthetic", num_images=8, prefetch_factor=3).prefetch_factor is None
+    )
+    with pytest.raises(DifftuneError, match=r"^data.prefetch_factor=0 must be an integer >= 1$"):
+        ImageDataModule(source="synthetic", num_images=8, num_workers=1, prefetch_factor=0)

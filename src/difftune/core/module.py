@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from difftune.core.attention import set_attention
 from difftune.core.conditioning import (
     add_class_embedding,
     check_conditioning,
@@ -64,6 +65,7 @@ class DiffusionFineTuner(LightningModule):
         gradient_checkpointing: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        attention: str = "sdpa",
         conditioning: str | None = None,
         class_names: Sequence[str] | None = None,
         p_uncond: float = 0.1,
@@ -108,6 +110,7 @@ class DiffusionFineTuner(LightningModule):
         self.channels_last = channels_last
         if channels_last:  # NHWC convolutions (cuDNN's fast path under bf16/fp16)
             self.unet.to(memory_format=torch.channels_last)
+        set_attention(self.unet, attention)
         self.compile_unet = compile  # `compile` itself is nn.Module's method
         self._compiled_forward: Callable[..., Any] | None = None  # built in `on_fit_start`
         self._compiled_calls = 0

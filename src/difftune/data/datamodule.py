@@ -59,6 +59,7 @@ class ImageDataModule(pl.LightningDataModule):
         max_images: int | None = None,
         persistent_workers: bool | None = None,
         pin_memory: bool | None = None,
+        prefetch_factor: int | None = None,
         streaming: bool = False,
         shuffle_buffer: int = 1000,
         label_column: str | None = None,
@@ -73,6 +74,7 @@ class ImageDataModule(pl.LightningDataModule):
         require_int("data.seed", seed, 0)
         require_int("data.max_images", max_images, 1, allow_none=True)
         require_int("data.shuffle_buffer", shuffle_buffer, 1)
+        require_int("data.prefetch_factor", prefetch_factor, 1, allow_none=True)
         if streaming and source != "hf":
             raise DifftuneError(
                 f"data.streaming=true with data.source={source!r}: only hub datasets (data=hf, "
@@ -107,6 +109,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.label_column = label_column
         self.persistent_workers = num_workers > 0 and persistent_workers is not False
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.prefetch_factor = prefetch_factor if num_workers > 0 else None  # batches per worker
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self._records: Sequence[ImageSource] | None = None
@@ -284,6 +287,7 @@ class ImageDataModule(pl.LightningDataModule):
             collate_fn=make_collate(self.image_size, self.label_column is not None),
             persistent_workers=self.persistent_workers,
             pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor,
             drop_last=False,
         )
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from difftune.core.attention import check_attention, check_matmul_precision
 from difftune.core.conditioning import check_conditioning
 from difftune.errors import DifftuneError, is_int_at_least
 from difftune.hub.pipelines import load_unet_config, unet_downsample_factor
@@ -64,6 +65,8 @@ def check_train_config(cfg: DictConfig) -> None:
     check_hardware(cfg)
     check_loggers(cfg)
     check_seed(cfg.get("seed"))
+    check_matmul_precision(cfg.get("matmul_precision"))
+    check_attention(cfg.model.get("attention", "sdpa"))
     lr = cfg.model.optimizer.get("lr")
     _require(
         isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,

@@ -29,6 +29,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with claim_run_dir(cfg):  # writable, and no other run's: checked before anything loads
         ckpt_path = checkpoint_to_resume(cfg)
         seed_everything(cfg.seed, workers=True)
+        if cfg.get("matmul_precision"):  # process-wide, as torch offers it
+            torch.set_float32_matmul_precision(cfg.matmul_precision)
         datamodule, module, trainer = build(cfg)
         if ckpt_path:
             check_checkpoint_matches(ckpt_path, module)
