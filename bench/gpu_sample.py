@@ -4,9 +4,10 @@ The ddpm-celebahq-256 architecture with random weights, the article's scheduler 
 DDPM config, clip_sample=True), DDIM 40 steps at 256 px, batch 64, the same x_T for every row:
 images/s (best of the timed runs after one untimed warm-up run of `--warmup-steps` steps, which
 picks the kernels, allocates and compiles), seconds a run and peak GPU memory (weights included)
-of `DDIMPipeline` in float32 and under bf16 autocast, of `sample()` in float32, bf16 autocast +
-channels_last (+ torch.compile with `--compile`), and of colour guidance (x̂0-only and through the
-UNet, batch `--guided-batch`). Every run includes the pipeline's postprocessing to [0, 1] numpy.
+of `DDIMPipeline` in float32 and under bf16 autocast, of `sample()` in float32 and bf16 autocast
+(+ channels_last with `--channels-last`, + torch.compile with `--compile`), and of colour
+guidance (x̂0-only and through the UNet, batch `--guided-batch`; `--no-guided` leaves them out).
+Every run includes the pipeline's postprocessing to [0, 1] numpy.
 Float32 is torch's default (cuDNN convolutions in TF32, matmuls in float32), as a user runs
 DDIMPipeline, and `sample()` in float32 is the equivalence reference. A faster setting counts only
 where one UNet call on x_T at t=500 stays within `--tolerance` (0.02) relative L2 error of the
@@ -18,7 +19,7 @@ The last line is the unguided speed-up of the fastest such `sample()` row over `
 float32 (goal >= 1.3), and over `DDIMPipeline` under bf16 autocast. On a CPU it runs a tiny smoke
 size (32 px, batch 2, 4 steps) so the script itself stays tested.
     python bench/gpu_sample.py [--size 256] [--batch 64] [--steps 40] [--guided-batch 16]
-    python bench/gpu_sample.py --compile [--repeats 1] [--tolerance 0.02]
+    python bench/gpu_sample.py --compile [--channels-last] [--no-guided] [--tolerance 0.02]
 """
 
 import argparse
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--no-guided", dest="guided", action="store_false")
     args = parser.parse_args()
     device = "cuda" if cuda else "cpu"
     torch.backends.cudnn.benchmark = True
@@ -103,8 +106,8 @@ def main() -> None:
     generator = torch.Generator(device).manual_seed(0)  # x_T drawn as DDIMPipeline draws it
     noise = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=unet.dtype)
     bf16 = torch.autocast(device, torch.bfloat16)
-    fast = copy.deepcopy(unet).to(memory_format=torch.channels_last)
-    fast_noise = noise.to(memory_format=torch.channels_last)
+    nhwc = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+    nhwc_noise = noise.to(memory_format=torch.channels_last)
 
     def pipeline(autocast) -> Callable[[int], np.ndarray]:
         def run(steps: int) -> np.ndarray:
@@ -152,22 +155,26 @@ def main() -> None:
     row("DDIMPipeline fp32", pipeline(nullcontext()), args.batch, ref)
     if cuda:
         row("DDIMPipeline bf16 autocast", pipeline(bf16), args.batch, ref)
-    mine = ["difftune fp32", "difftune bf16 + channels_last"]
-    row(mine[1], difftune(fast, fast_noise, bf16), args.batch, ref, call=(fast, fast_noise, bf16))
+    mine = ["difftune fp32", "difftune bf16"]
+    row(mine[1], difftune(unet, noise, bf16), args.batch, ref, call=(unet, noise, bf16))
+    if args.channels_last:
+        mine.append("difftune bf16 + channels_last")
+        call = (nhwc, nhwc_noise, bf16)
+        row(mine[-1], difftune(nhwc, nhwc_noise, bf16), args.batch, ref, call=call)
     if args.compile:
-        mine.append("difftune bf16 + channels_last + compile")
-        compiled = torch.compile(fast)
-        call = (compiled, fast_noise, bf16)
-        row(mine[2], difftune(compiled, fast_noise, bf16), args.batch, ref, call=call)
+        mine.append("difftune bf16 + compile")
+        compiled = torch.compile(unet)
+        call = (compiled, noise, bf16)
+        row(mine[-1], difftune(compiled, noise, bf16), args.batch, ref, call=call)
 
-    for through_unet in (False, True):  # one timed run through the UNet: it is the slow one
+    for through_unet in (False, True) if args.guided else ():  # the UNet one: timed once
         how = "through the UNet" if through_unet else "x̂0-only"
         guidance = Guidance(ColorLoss((0.8, 0.3, 0.1)), COLOR_SCALE, through_unet=through_unet)
         b, repeats = args.guided_batch, 1 if through_unet else args.repeats
         run = difftune(unet, noise[:b], nullcontext(), guidance)
         guided = row(f"colour {how} fp32", run, b, repeats=repeats)
-        run = difftune(fast, fast_noise[:b], bf16, guidance)
-        row(f"colour {how} bf16 + channels_last", run, b, guided, repeats)
+        run = difftune(unet, noise[:b], bf16, guidance)
+        row(f"colour {how} bf16", run, b, guided, repeats)
 
     best = max(speed[m] for m in mine if error[m] <= args.tolerance)
     bf16_ratio = f"{best / speed['DDIMPipeline bf16 autocast']:.2f}" if cuda else "n/a"

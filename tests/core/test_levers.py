@@ -247,12 +247,28 @@ def test_hardware_gpu_turns_the_measured_levers_on_and_cpu_leaves_them_off(tmp_p
     for hardware in ("gpu", "multi_gpu"):
         cfg = compose_train(f"hardware={hardware}", output_dir=tmp_path)
         assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("gpu", "bf16-mixed")
-        assert cfg.model.channels_last and cfg.model.optimizer.fused
         assert (cfg.model.attention, cfg.matmul_precision) == ("sdpa", "high")
         assert (cfg.data.num_workers, cfg.data.pin_memory, cfg.data.prefetch_factor) == (8, True, 4)
+        # measured slower (channels_last) or refused with clipping (fused): left off
+        assert not cfg.model.channels_last and cfg.model.optimizer.fused is None
     assert compose_train("hardware=multi_gpu", output_dir=tmp_path).trainer.strategy == "ddp"
     cpu = compose_train("hardware=cpu", output_dir=tmp_path)
     assert not cpu.model.channels_last and cpu.matmul_precision is None
+
+
+def test_fused_adamw_with_clipping_under_mixed_precision_is_one_line_before_the_run(tmp_path):
+    """Lightning refuses to clip a fused optimizer's gradients under AMP, at the first step."""
+    from difftune.run.checks import check_train_config
+
+    cfg = compose_train("model.optimizer.fused=true", output_dir=tmp_path)
+    check_train_config(cfg)  # float32: Lightning clips a fused AdamW there
+    cfg.trainer.precision = "bf16-mixed"
+    with pytest.raises(DifftuneError, match=r"^model.optimizer.fused=true with trainer.gradient_"
+                       r"clip_val=1.0 under trainer.precision=bf16-mixed: .*fused=null or "
+                       r"trainer.gradient_clip_val=0$"):  # fmt: skip
+        check_train_config(cfg)
+    cfg.trainer.gradient_clip_val = 0
+    check_train_config(cfg)
 
 
 def test_prefetch_factor_reaches_the_loader_and_is_checked():

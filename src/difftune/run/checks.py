@@ -94,6 +94,14 @@ def check_train_config(cfg: DictConfig) -> None:
         "push_to_hub=true needs hub.repo_id=<user or org>/<name>",
     )
     precision = str(cfg.trainer.get("precision", "32-true"))
+    clip = cfg.trainer.get("gradient_clip_val") or 0
+    _require(
+        not (cfg.model.optimizer.get("fused") and clip > 0 and "mixed" in precision),
+        f"model.optimizer.fused=true with trainer.gradient_clip_val={clip} under "
+        f"trainer.precision={precision}: Lightning cannot clip the gradients of a fused "
+        "optimizer under mixed precision; set model.optimizer.fused=null or "
+        "trainer.gradient_clip_val=0",
+    )
     if cfg.trainer.get("accelerator") == "cpu" and precision not in ("32", "32-true", "64-true"):
         warnings.warn(
             f"trainer.precision={precision} on CPU is ~25x slower than 32-true; "
