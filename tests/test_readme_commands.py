@@ -22,7 +22,7 @@ ENTRY = re.compile(r"^(?:\$ )?(?:\w+=\S+ )*python (train|sample)\.py\b")
 NEEDS_HUB_OR_GPU = re.compile(
     r"^(experiment=|model=(ddpm|wikiart|pretrained)|data=(vintage_faces|wikiart|hf)\b|"
     r"hardware=(gpu|multi_gpu|slurm|ddp_cpu)|logger=wandb|push_to_hub=true|guidance=clip|"
-    r"callbacks.kid.features=(clip|inception)|torchrun)"
+    r"callbacks.kid.features=(clip|inception)|device=cuda|torchrun)"
 )
 PLACEHOLDER = re.compile(r"<[^>]+>|/path/|\.\.\.")
 

@@ -1,5 +1,6 @@
 """`sample_images(cfg)`, the `sample.py` job: load a pipeline, sample it, write grids and images."""
 
+import contextlib
 import logging
 import math
 import re
@@ -22,6 +23,7 @@ from difftune.run.checks import check_device, check_image_size, check_seed
 log = logging.getLogger(__name__)
 
 PLOTS = ("schedules",)
+PRECISIONS = ("32", "bf16")
 
 
 def make_scheduler(cfg: DictConfig) -> Any:
@@ -44,6 +46,20 @@ def _check(cfg: DictConfig) -> None:
         raise DifftuneError(f"plot={cfg.plot!r} is not one of {', '.join(PLOTS)} (or null)")
     check_device(cfg.device)
     check_seed(cfg.get("seed"))
+    precision = str(cfg.get("precision", "32"))
+    if precision not in PRECISIONS:
+        raise DifftuneError(f"precision={precision}: expected one of {', '.join(PRECISIONS)}")
+    if not isinstance(cfg.get("compile", False), bool):
+        raise DifftuneError(f"compile={cfg.compile}: expected true or false")
+
+
+def speed_settings(cfg: DictConfig, unet: torch.nn.Module, device: str) -> tuple[Any, Any]:
+    """The UNet to call (torch.compile'd with `compile=true`) and the autocast context of
+    `precision` (bf16: the UNet's matmuls and convolutions in bfloat16, the loop in float32)."""
+    model = torch.compile(unet) if cfg.get("compile") else unet
+    bf16 = str(cfg.get("precision", "32")) == "bf16"
+    autocast = torch.autocast(device, torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return model, autocast
 
 
 def class_rows(cfg: DictConfig, unet_config: dict[str, Any]) -> list[int] | None:
@@ -102,6 +118,7 @@ def sample_images(cfg: DictConfig) -> Path:
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
     unet = load_unet(cfg.pretrained, key="pretrained").to(device).eval().requires_grad_(False)
+    model, autocast = speed_settings(cfg, unet, device)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(cfg.num_images, unet.config.in_channels, size, size, generator=generator)
@@ -126,11 +143,12 @@ def sample_images(cfg: DictConfig) -> Path:
                     (record if not images else (lambda s: bar.update())) if progress else None
                 )
                 batch = noise[start : start + cfg.batch_size].to(device)
-                x_0 = sample(
-                    unet, scheduler, batch, cfg.num_inference_steps, guidance, step_generator,
-                    callback, class_labels=label, cfg_scale=cfg_scale,
-                )  # fmt: skip
-                images.append(x_0.detach().cpu())
+                with autocast:
+                    x_0 = sample(
+                        model, scheduler, batch, cfg.num_inference_steps, guidance,
+                        step_generator, callback, class_labels=label, cfg_scale=cfg_scale,
+                    )  # fmt: skip
+                images.append(x_0.detach().float().cpu())
         return torch.cat(images)
 
     x_0 = draw(guidance, progress=True)
