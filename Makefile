@@ -3,12 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train sample test test-fast lint bench
+.PHONY: setup train sample demo browser test test-fast lint bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,demo]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -18,6 +18,13 @@ train: setup                 ## fine-tune the embedded default (make train ARGS=
 
 sample: setup                ## sample a pipeline (make sample ARGS="guidance=color")
 	$(PY) sample.py $(ARGS)
+
+demo: setup                  ## the guided-sampling web page on http://127.0.0.1:7860 (make demo ARGS="port=7861")
+	$(PY) demo.py $(ARGS)
+
+browser:                     ## Debian's headless Chromium and ChromeDriver for the browser tests
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,7 @@ import contextlib
 import logging
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,11 @@ def _file_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 
 
-def sample_images(cfg: DictConfig) -> Path:
+def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None) -> Path:
     """Sample `cfg.pretrained` into `cfg.paths.output_dir`; returns the path of `grid.png`.
+
+    `on_step` gets the first batch's step dicts (`i`, `t`, `x_t`, `x0`, on the CPU), every step
+    (the demo page streams them).
 
     A conditional pipeline samples `class_label` (a name or an id), or with `class_label=null`
     every class from the same noises, one grid row per class; `cfg_scale` adds classifier-free
@@ -130,8 +134,13 @@ def sample_images(cfg: DictConfig) -> Path:
 
     def record(step: dict) -> None:  # the first batch's steps, every `progression_every`
         bar.update()
-        if step["i"] % cfg.progression_every == 0 or step["i"] == cfg.num_inference_steps - 1:
-            progression.append({**step, "x_t": step["x_t"].cpu(), "x0": step["x0"].cpu()})
+        last = step["i"] == cfg.num_inference_steps - 1
+        if step["i"] % cfg.progression_every == 0 or last or on_step is not None:
+            on_cpu = {**step, "x_t": step["x_t"].float().cpu(), "x0": step["x0"].float().cpu()}
+            if step["i"] % cfg.progression_every == 0 or last:
+                progression.append(on_cpu)
+            if on_step is not None:
+                on_step(on_cpu)
 
     def draw(guidance: Any, progress: bool) -> torch.Tensor:
         """Each class row (or the one unconditional row) from the same noise and DDPM seed."""
