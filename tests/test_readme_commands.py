@@ -1,4 +1,4 @@
-"""Every `python train.py` / `python sample.py` command of the README, as a user pastes it.
+"""Every `python train.py` / `sample.py` / `demo.py` command of the README, as a user pastes it.
 
 Each one is composed for every job (the entry points' preflight); the ones that can run offline
 run in-process, shortened; each `$ command` followed by an `error:` line gives that line.
@@ -9,16 +9,18 @@ import shlex
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
 
 import difftune.run.preflight as preflight
+from difftune.demo.app import check_demo_config
 from difftune.run.cli import exit_on_user_error
 from difftune.run.preflight import check_command_line
 from difftune.run.sample_images import sample_images
 from difftune.run.train import train
 from helpers.compose import CONF, ROOT, compose_sample, compose_train, shrink, shrink_sample
 
-ENTRY = re.compile(r"^(?:\$ )?(?:\w+=\S+ )*python (train|sample)\.py\b")
+ENTRY = re.compile(r"^(?:\$ )?(?:\w+=\S+ )*python (train|sample|demo)\.py\b")
 NEEDS_HUB_OR_GPU = re.compile(
     r"^(experiment=|model=(ddpm|wikiart|pretrained)|data=(vintage_faces|wikiart|hf)\b|"
     r"hardware=(gpu|multi_gpu|slurm|ddp_cpu)|logger=wandb|push_to_hub=true|guidance=clip|"
@@ -85,6 +87,7 @@ RUNNABLE = [
     and not PLACEHOLDER.search(c)
     and not any(NEEDS_HUB_OR_GPU.match(word) for word in split(c)[1])
     and not any(w.startswith(("--", "sweep=", "resume=")) for w in split(c)[1])
+    and split(c)[0] != "demo"  # a server: tests/demo/ drive it in a browser
 ]
 
 
@@ -102,6 +105,12 @@ def test_every_offline_readme_command_runs_shortened(command, tmp_path):
             cfg.callbacks.kid.update(num_samples=8, num_inference_steps=2)
     train(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def compose_demo(*overrides: str, output_dir) -> DictConfig:
+    """The real demo config, writing to `output_dir`."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("demo", overrides=[f"paths.output_dir={output_dir}", *overrides])
 
 
 def matches(got: str, expected: str) -> bool:
@@ -124,9 +133,11 @@ def test_every_readme_error_example_is_the_line_a_user_gets(
     except Exception as err:  # what the entry point prints, then exits 2
         line = f"error: {err}"
     else:
-        compose, job = (
-            (compose_sample, sample_images) if script == "sample" else (compose_train, train)
-        )
+        compose, job = {
+            "sample": (compose_sample, sample_images),
+            "train": (compose_train, train),
+            "demo": (compose_demo, check_demo_config),
+        }[script]
         cfg = compose(*overrides, output_dir=tmp_path)
         with pytest.raises(SystemExit) as stop:
             exit_on_user_error(job)(cfg)
