@@ -16,7 +16,10 @@ CONF = Path(__file__).parent / "conf"
 @hydra.main(version_base="1.3", config_path="conf", config_name="demo")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from difftune.demo.app import serve  # here: `--help` and bad input need no Gradio
+    from difftune.demo.checks import check_demo_config
+
+    check_demo_config(cfg)  # a bad pipeline or a busy port: one line before Gradio loads
+    from difftune.demo.app import serve
 
     serve(cfg, CONF)
 

@@ -3,6 +3,7 @@
 python train.py hydra.run.dir=outputs/readme/train
 python sample.py guidance=color hydra.run.dir=outputs/readme/color
 python train.py experiment=conditional hydra.run.dir=outputs/readme/conditional
+pytest tests/demo/test_browser.py -k colour --basetemp=outputs/readme/browser   # the page, shot
 python scripts/readme_figures.py outputs/readme
 """
 
@@ -23,6 +24,9 @@ def main(root: Path) -> None:
     conditional = sorted((root / "conditional" / "samples").glob("step_*.png"))
     shutil.copy(conditional[0], docs / "conditional_samples_first.png")
     shutil.copy(conditional[-1], docs / "conditional_samples_last.png")
+    (page,) = [p for p in (root / "browser").glob("test_picking_a_colour*/demo.png")
+               if not p.parent.is_symlink()]  # pytest's `...current` link  # fmt: skip
+    shutil.copy(page, docs / "demo_page.png")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 import difftune.run.preflight as preflight
-from difftune.demo.app import check_demo_config
+from difftune.demo.checks import check_demo_config
 from difftune.run.cli import exit_on_user_error
 from difftune.run.preflight import check_command_line
 from difftune.run.sample_images import sample_images

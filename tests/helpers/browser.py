@@ -48,7 +48,7 @@ Server = tuple[subprocess.Popen, str]  # the demo process and its url
 
 
 def start_demo(run_dir: Path, *overrides: str, timeout: float = 120) -> Server:
-    """`python demo.py` on a free port, in its own process group; (process, url) once / is 200."""
+    """`python demo.py` on a free port, in its own process group, once GET / answers 200."""
     port, log = free_port(), run_dir.parent / f"{run_dir.name}.log"
     env = dict(os.environ, **SERVER_ENV, GRADIO_TEMP_DIR=str(run_dir.parent / "gradio_cache"))
     with log.open("w") as out:
@@ -67,9 +67,10 @@ def start_demo(run_dir: Path, *overrides: str, timeout: float = 120) -> Server:
                     return proc, url
         except OSError:
             time.sleep(0.3)
+    ended = proc.poll()
     stop_demo(proc)
-    text = log.read_text()[-3000:]
-    raise RuntimeError(f"demo.py did not serve {url} within {timeout:.0f} s; its log:\n{text}")
+    why = f"exited with {ended}" if ended is not None else f"did not serve {url} in {timeout:.0f} s"
+    raise RuntimeError(f"demo.py {why}; its log:\n{log.read_text()[-3000:]}")
 
 
 def stop_demo(proc: subprocess.Popen) -> None:

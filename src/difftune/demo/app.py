@@ -2,51 +2,29 @@
 
 from __future__ import annotations
 
-import errno
 import itertools
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from omegaconf import DictConfig
+from PIL import Image
 
 from difftune.demo.job import compose_sample, run_job
 from difftune.demo.request import GUIDANCES, SCHEDULERS, SCHEDULES, PageRequest, command
 from difftune.errors import DifftuneError
-from difftune.hub.pipelines import load_unet_config
+from difftune.pictures.images import enlarged
 
 TITLE = "difftune: guided sampling"
+DISPLAY_WIDTH = 320  # pixels the page shows a grid at, at least
 CONTROLS = ("pretrained", "guidance", "colour", "prompt", "scale", "through_unet", "schedule",
             "scheduler", "steps", "num_images", "seed", "class_label", "cfg_scale")  # fmt: skip
 
 
-def check_port(host: str, port: int) -> None:
-    """One line, before anything loads, when `host:port` cannot be served."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise DifftuneError(
-                    f"port={port}: {host}:{port} is already in use; pass another port "
-                    "(e.g. port=7861) or stop what holds it"
-                ) from None
-            raise DifftuneError(
-                f"host={host} port={port}: cannot listen there ({error.strerror}); pass "
-                "host=127.0.0.1 or another port"
-            ) from None
-
-
-def check_demo_config(cfg: DictConfig) -> None:
-    """The demo's own keys, and the starting pipeline's config.json, before the page starts."""
-    for key, low in (("port", 1), ("stream_every", 1), ("max_images", 1), ("max_steps", 1)):
-        value = cfg.get(key)
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-            raise DifftuneError(f"{key}={value!r} must be an integer >= {low}")
-    load_unet_config(cfg.pretrained, key="pretrained")  # a bad path or hub id: one line
-    check_port(cfg.host, cfg.port)
+def shown_large(picture: Image.Image, width: int = DISPLAY_WIDTH) -> Image.Image:
+    """A small grid enlarged by a whole factor (nearest pixel) to about `width`, for the page."""
+    return enlarged(picture, max(1, width // picture.width))
 
 
 def build_demo(cfg: DictConfig, config_dir: Path) -> gr.Blocks:
@@ -71,11 +49,11 @@ def build_demo(cfg: DictConfig, config_dir: Path) -> gr.Blocks:
                 yield None, f"**error:** {update.error}", None, None, None, shown
             elif update.grid is None:
                 status = f"sampling: step {update.step} of {update.steps}"
-                yield update.progression, status, None, None, None, shown
+                yield shown_large(update.progression), status, None, None, None, shown
             else:
                 status = f"done: {update.steps} steps, images in {update.grid.parent}"
-                guided = str(update.grid)
-                unguided = str(update.unguided) if update.unguided else None
+                guided = shown_large(Image.open(update.grid))
+                unguided = shown_large(Image.open(update.unguided)) if update.unguided else None
                 yield gr.skip(), status, guided, unguided, str(update.archive), shown
 
     with gr.Blocks(title=TITLE) as page:
@@ -111,8 +89,8 @@ def build_demo(cfg: DictConfig, config_dir: Path) -> gr.Blocks:
                 progress = gr.Image(label="x_t (top) and the x̂0 it predicts (bottom)",
                                     type="pil", elem_id="progression")  # fmt: skip
                 with gr.Row():
-                    guided = gr.Image(label="guided", type="filepath", elem_id="guided_grid")
-                    unguided = gr.Image(label="unguided, same noise", type="filepath",
+                    guided = gr.Image(label="guided", type="pil", elem_id="guided_grid")
+                    unguided = gr.Image(label="unguided, same noise", type="pil",
                                         elem_id="unguided_grid")  # fmt: skip
                 archive = gr.File(label="download: PNGs and command.txt", elem_id="download")
                 shown = gr.Textbox(label="reproduce with", elem_id="command", buttons=["copy"])
@@ -121,8 +99,7 @@ def build_demo(cfg: DictConfig, config_dir: Path) -> gr.Blocks:
 
 
 def serve(cfg: DictConfig, config_dir: Path) -> None:
-    """Check the config, then serve the page on `cfg.host:cfg.port` until interrupted."""
-    check_demo_config(cfg)
+    """Serve the page on `cfg.host:cfg.port` until interrupted (`check_demo_config` first)."""
     page = build_demo(cfg, config_dir)
     page.queue(default_concurrency_limit=1)  # one sampling at a time; other tabs wait their turn
     page.launch(server_name=cfg.host, server_port=cfg.port, share=False, show_error=False,
