@@ -91,3 +91,29 @@ def test_a_job_that_fails_reports_one_line_and_nothing_else(tmp_path):
     (update,) = list(run_job(cfg, command(found), every=2))
     assert update.error.startswith(f"pretrained='{tmp_path / 'nothing'}': no such directory")
     assert "\n" not in update.error and update.grid is None
+
+
+def test_a_conditional_pipeline_samples_a_class_with_cfg_from_the_page(tmp_path):
+    """The page's class label and CFG scale reach sample.py: a row of images for that class."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from helpers.models import conditional_tiny_base
+
+    unet, schedule = conditional_tiny_base(("photo", "vintage"))
+    pipeline = tmp_path / "conditional"
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(schedule)).save_pretrained(pipeline)
+    found = overrides(pretrained=str(pipeline), guidance="none", class_label="vintage",
+                      cfg_scale="3", steps=4, num_images=2)  # fmt: skip
+    assert found[-2:] == ["class_label=vintage", "cfg_scale=3"]
+    cfg = compose_sample(CONF, [*found, f"paths.output_dir={tmp_path / 'out'}"])
+    final = list(run_job(cfg, command(found), every=2))[-1]
+    assert final.error is None and final.unguided is None  # no loss guidance: one grid
+    images = sorted(p.name for p in (tmp_path / "out" / "images").iterdir())
+    assert images == ["vintage_0000.png", "vintage_0001.png"]
+    wrong = overrides(pretrained=str(pipeline), guidance="none", class_label="sepia")
+    cfg = compose_sample(CONF, [*wrong, f"paths.output_dir={tmp_path / 'wrong'}"])
+    (update,) = list(run_job(cfg, command(wrong), every=2))
+    assert (
+        update.error
+        == "class_label='sepia' is not a class of this model; valid: photo (0), vintage (1)"
+    )

@@ -7,7 +7,7 @@ import queue
 import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ class Update:
     unguided: Path | None = None
     archive: Path | None = None
     error: str | None = None
-    files: list[Path] = field(default_factory=list)
 
 
 def compose_sample(config_dir: Path, overrides: list[str]) -> DictConfig:
