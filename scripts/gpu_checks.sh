@@ -5,7 +5,8 @@
 # 1. bench/gpu_train.py --peer --compile: train.py hardware=gpu (and + model.compile=true, which
 #    took over 2 minutes to build on an H200) on 512 real-size JPEGs against diffusers' Accelerate
 #    loop; goal >= 150 images/s and >= 1.5x
-# 2. bench/gpu_train.py: a row per throughput lever, gradient checkpointing, the 24 GiB recipe
+# 2. bench/gpu_train.py --rows ...: the baseline, hardware=gpu's levers with and without gradient
+#    checkpointing, and the 24 GiB recipe (every lever's own row was measured on an H200 already)
 # 3. bench/gpu_sample.py --compile --no-guided: DDIM 40 steps, 256 px, batch 64, against
 #    DDIMPipeline; goal >= 1.3x (met on an H200: 2.61x)
 # 4. pytest -m gpu tests/test_gpu.py: bf16 fine-tune and export, the levers' losses, seeded runs
@@ -31,8 +32,8 @@ print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'lightning
       lightning.__version__, 'hydra', hydra.__version__)"
 } 2>&1 | tee "$log_dir/gpu.txt"
 grep -q "^torch" "$log_dir/gpu.txt" || { echo "the imports failed: see $log_dir/gpu.txt"; exit 1; }
-part gpu_train_peer 300 "$python" bench/gpu_train.py --peer --compile --steps 50 --warmup 20
-part gpu_train_levers 120 "$python" bench/gpu_train.py
+part gpu_train_peer 360 "$python" bench/gpu_train.py --peer --compile --steps 50 --warmup 20
+part gpu_train_levers 60 "$python" bench/gpu_train.py --rows baseline "all" "24 GiB"
 part gpu_sample 100 "$python" bench/gpu_sample.py --compile --no-guided
 part tests 40 "$python" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
 echo "== done $(date +%T)"

@@ -1,0 +1,44 @@
+"""The GPU benchmarks at their CPU smoke size: they run, and what they compare holds."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from helpers.compose import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def bench(*args: str) -> list[str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
+def test_gpu_train_levers_leave_the_loss_as_it_was():
+    lines = bench("bench/gpu_train.py", "--rows", "baseline", "channels_last", "attention", "all")
+    rows = [line for line in lines if re.match(r"^(baseline|\+ channels_last|attention|all)", line)]
+    assert len(rows) == 5  # all: and all + gradient checkpointing
+    losses = {line.split()[-1] for line in rows}
+    assert len(losses) == 1, rows  # same weights, data and draws: float32 on the CPU is exact
+    assert re.match(r"^images/s at 32 px: best [\d.]+ \(", lines[-1])
+
+
+def test_gpu_sample_gives_ddimpipelines_images_and_a_ratio():
+    lines = bench("bench/gpu_sample.py", "--no-guided")
+    ddim = next(line for line in lines if line.startswith("DDIMPipeline fp32"))
+    assert "0.00e+00 (0.0e+00)" in ddim  # sample() in float32 gives exactly DDIMPipeline's images
+    assert re.match(r"^ratio unguided difftune-best/DDIMPipeline-fp32 [\d.]+ ", lines[-1])
+
+
+def test_gpu_train_peer_runs_train_py_against_diffusers_loop():
+    lines = bench("bench/gpu_train.py", "--peer")
+    assert any(line.startswith("peer ") and "images/s" in line for line in lines)
+    assert any(line.startswith("train.py hardware=cpu ") for line in lines)
+    assert re.match(r"^ratio train.py/peer images/s: [\d.]+ \(train.py [\d.]+ images/s\)$",
+                    lines[-1])  # fmt: skip
