@@ -52,7 +52,10 @@ ROWS = {  # name: (levers, batch size divisor, accumulation)
     "all + gradient checkpointing": (dict(ALL, checkpointing=True), 1, 1),
     "24 GiB recipe: batch 16 x 2, ckpt": (dict(ALL, checkpointing=True), 2, 2),
 }
-COMPILE_ROW = "all + compile"
+COMPILE_ROWS = {  # --compile: inductor may prefer NHWC convolutions that eager GroupNorm made slow
+    "all + compile": (dict(ALL, compile=True), 1, 1),
+    "all + compile + channels_last": (dict(ALL, compile=True, channels_last=True), 1, 1),
+}
 CELEBAHQ_CLI = [
     "model=scratch", "model.unet.layers_per_block=2",
     "model.unet.block_out_channels=[128,128,256,256,512,512]",
@@ -60,6 +63,31 @@ CELEBAHQ_CLI = [
     "model.unet.up_block_types=[UpBlock2D,AttnUpBlock2D,UpBlock2D,UpBlock2D,UpBlock2D,UpBlock2D]",
 ]  # fmt: skip
 SMOKE_CLI = ["model.unet.block_out_channels=[32,32,64,64,64,64]", "+model.unet.norm_num_groups=16"]
+
+
+class Profile(Callback):
+    """torch.profiler over the (up to 3) steps before the timed ones; the top operators."""
+
+    def __init__(self, warmup: int) -> None:
+        self.start, self.stop = max(1, warmup - 3), warmup - 1  # after step 0's compile
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.profiler = torch.profiler.profile(activities=activities)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.start:
+            self.profiler.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.stop:
+            self.profiler.stop()
+            on = "cuda" if torch.cuda.is_available() else "cpu"
+            table = self.profiler.key_averages().table(
+                sort_by=f"self_{on}_time_total", row_limit=25, max_name_column_width=60
+            )
+            steps = self.stop - self.start + 1
+            print(f"profile of {steps} steps, the top operators by self {on} time:\n{table}")
 
 
 class Meter(Callback):
@@ -121,9 +149,11 @@ def run_row(levers: dict, batch_size: int, accumulate: int, args, device: str) -
                          generator=generator)  # fmt: skip
     data = [{"images": x, "skipped": []} for x in images]
     meter = Meter(args.warmup * accumulate, accumulate)
+    profiled = args.profile and args.warmup * accumulate >= 2
+    callbacks = [meter, Profile(args.warmup * accumulate)] if profiled else [meter]
     trainer = Trainer(
         accelerator=device, devices=1, precision=args.precision, max_steps=args.steps,
-        accumulate_grad_batches=accumulate, logger=False, callbacks=[meter],
+        accumulate_grad_batches=accumulate, logger=False, callbacks=callbacks,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, benchmark=bool(levers.get("benchmark")),
     )  # fmt: skip
@@ -147,7 +177,7 @@ def levers_mode(args, device: str) -> None:
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     rows = {k: v for k, v in ROWS.items() if not args.rows or any(r in k for r in args.rows)}
     if args.compile:
-        rows[COMPILE_ROW] = (dict(ALL, compile=True), 1, 1)
+        rows.update(COMPILE_ROWS)
     print(f"{'row':36} {'batch':>7} {'images/s':>9} {'TFLOP/s':>8} {'MFU':>6} "
           f"{'peak GiB':>8} {'reserved':>8} {'loss':>8}")  # fmt: skip
     results = {}
@@ -217,9 +247,11 @@ def peer_mode(args, device: str) -> None:
         rows = {"diffusers train_unconditional.py loop (Accelerate)": peer(data_dir, args)}
         print(f"{'peer':52} {rows[next(iter(rows))][0]:8.1f} images/s  "
               f"peak {rows[next(iter(rows))][1]:.2f} GiB", flush=True)  # fmt: skip
-        runs = {f"train.py hardware={'gpu' if device == 'cuda' else 'cpu'}": []}
+        name = f"train.py hardware={'gpu' if device == 'cuda' else 'cpu'}"
+        runs = {} if args.compile and args.skip_eager else {name: []}
         if args.compile:
-            runs["  + model.compile=true"] = ["model.compile=true"]
+            extra = ["model.compile=true", *args.compile_extra]
+            runs[f"{name if args.skip_eager else ' '} + {' '.join(extra)}"] = extra
         for i, (name, extra) in enumerate(runs.items()):
             rows[name] = train_py(data_dir, Path(tmp) / f"run{i}", args, device, extra)
             print(f"{name:52} {rows[name][0]:8.1f} images/s  peak {rows[name][1]:.2f} GiB",
@@ -236,6 +268,12 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     parser.add_argument("--peer", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-extra", nargs="*", default=[],
+                        help="--peer: more overrides for the compiled train.py run")  # fmt: skip
+    parser.add_argument("--skip-eager", action="store_true",
+                        help="--peer --compile: only the compiled train.py run")  # fmt: skip
+    parser.add_argument("--profile", action="store_true",
+                        help="rows: the top operators of the steps before the timed")  # fmt: skip
     parser.add_argument("--rows", nargs="+", help="only the rows whose name contains one of these")
     parser.add_argument("--size", type=int, default=256 if cuda else 32)
     parser.add_argument("--batch-size", type=int, default=32 if cuda else 4)

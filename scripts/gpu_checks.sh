@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in one go (at most 9.5 minutes on an H100 or H200), most
-# important first, each part under its own time limit so one that hangs leaves the others their time:
+# Everything that needs a CUDA GPU, in one go (at most 9.5 minutes on an H100 or H200), each part
+# under its own time limit so one that hangs leaves the others their time:
 #   bash scripts/gpu_checks.sh [LOG_DIR]
-# 1. bench/gpu_train.py --peer --compile: train.py hardware=gpu (and + model.compile=true, which
-#    took over 2 minutes to build on an H200) on 512 real-size JPEGs against diffusers' Accelerate
-#    loop; goal >= 150 images/s and >= 1.5x
-# 2. bench/gpu_train.py --rows ...: the baseline, hardware=gpu's levers with and without gradient
-#    checkpointing, and the 24 GiB recipe (every lever's own row was measured on an H200 already)
-# 3. bench/gpu_sample.py --compile --no-guided: DDIM 40 steps, 256 px, batch 64, against
-#    DDIMPipeline; goal >= 1.3x (met on an H200: 2.61x)
+# 1. bench/gpu_train.py --rows baseline "all:" --compile --profile: bare Trainer.fit, 256 px, batch
+#    32, bf16: torch defaults, hardware=gpu's levers, + torch.compile, + compile and channels_last,
+#    each with its top operators (the eager rows were measured on an H200: 97 images/s)
+# 2. bench/gpu_train.py --peer --compile --skip-eager: train.py hardware=gpu model.compile=true
+#    (+ channels_last where part 1 found it faster) on 512 real-size JPEGs against diffusers'
+#    Accelerate loop; goal >= 150 images/s and >= 1.5x (eager train.py: 92.3, 1.02x on an H200)
+# 3. bench/gpu_train.py --rows "24 GiB": the 24 GiB recipe with hardware=gpu's levers
 # 4. pytest -m gpu tests/test_gpu.py: bf16 fine-tune and export, the levers' losses, seeded runs
+# Sampling (bench/gpu_sample.py --compile) met its goal on an H200 (2.61x DDIMPipeline): not rerun.
 set -uo pipefail
 log_dir=${1:-gpu_checks}
 python=${PYTHON:-python3}
@@ -32,8 +33,11 @@ print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'lightning
       lightning.__version__, 'hydra', hydra.__version__)"
 } 2>&1 | tee "$log_dir/gpu.txt"
 grep -q "^torch" "$log_dir/gpu.txt" || { echo "the imports failed: see $log_dir/gpu.txt"; exit 1; }
-part gpu_train_peer 360 "$python" bench/gpu_train.py --peer --compile --steps 50 --warmup 20
-part gpu_train_levers 60 "$python" bench/gpu_train.py --rows baseline "all" "24 GiB"
-part gpu_sample 100 "$python" bench/gpu_sample.py --compile --no-guided
+part gpu_train_levers 230 "$python" bench/gpu_train.py --rows baseline "all:" --compile --profile
+faster=$(awk '/^all \+ compile \+ channels_last/ {nhwc = $(NF-5)} /^all \+ compile +[0-9]/ {nchw = $(NF-5)}
+  END {if (nhwc > nchw) print "model.channels_last=true"}' "$log_dir/gpu_train_levers.txt")
+part gpu_train_peer 200 "$python" bench/gpu_train.py --peer --compile --skip-eager \
+  --compile-extra $faster --steps 50 --warmup 20
+part gpu_train_recipe 50 "$python" bench/gpu_train.py --rows "24 GiB"
 part tests 40 "$python" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
 echo "== done $(date +%T)"

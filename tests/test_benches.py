@@ -21,9 +21,13 @@ def bench(*args: str) -> list[str]:
 
 
 def test_gpu_train_levers_leave_the_loss_as_it_was():
-    lines = bench("bench/gpu_train.py", "--rows", "baseline", "channels_last", "attention", "all")
+    lines = bench("bench/gpu_train.py", "--rows", "baseline", "channels_last", "attention", "all",
+                  "--profile")  # fmt: skip
     rows = [line for line in lines if re.match(r"^(baseline|\+ channels_last|attention|all)", line)]
     assert len(rows) == 5  # all: and all + gradient checkpointing
+    profiles = [i for i, line in enumerate(lines) if line.startswith("profile of 1 steps")]
+    assert len(profiles) == 5, lines  # one per row, the step before the timed ones
+    assert any("aten::convolution" in line for line in lines[profiles[0] : profiles[1]])
     losses = {line.split()[-1] for line in rows}
     assert len(losses) == 1, rows  # same weights, data and draws: float32 on the CPU is exact
     assert re.match(r"^images/s at 32 px: best [\d.]+ \(", lines[-1])

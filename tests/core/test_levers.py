@@ -130,7 +130,7 @@ def test_a_lever_that_is_not_a_bool_is_one_line(key):
 
 
 def test_compile_that_fails_to_build_warns_once_and_trains_eager(monkeypatch):
-    def broken_compile(fn):
+    def broken_compile(fn, **kwargs):
         def compiled(*args, **kwargs):
             raise RuntimeError("backend exploded\nmore detail")
 
@@ -148,7 +148,7 @@ def test_compile_that_fails_to_build_warns_once_and_trains_eager(monkeypatch):
 
 
 def test_compile_that_torch_refuses_warns_and_stays_eager(monkeypatch):
-    def refusing_compile(fn):
+    def refusing_compile(fn, **kwargs):
         raise RuntimeError("torch.compile is not supported on Python 3.99+")
 
     monkeypatch.setattr(torch, "compile", refusing_compile)
@@ -184,8 +184,8 @@ def test_train_with_compile_keeps_checkpoint_ema_and_export_keys(tmp_path, monke
     compiled_calls = []
     torch_compile = torch.compile
 
-    def dynamo_only_compile(fn):  # dynamo's tracing without inductor's minutes of codegen
-        compiled = torch_compile(fn, backend="eager")
+    def dynamo_only_compile(fn, **kwargs):  # dynamo's tracing without inductor's codegen
+        compiled = torch_compile(fn, backend="eager", **kwargs)
 
         def counted(*args, **kwargs):
             compiled_calls.append(1)
@@ -203,6 +203,40 @@ def test_train_with_compile_keeps_checkpoint_ema_and_export_keys(tmp_path, monke
     assert checkpoint["state_dict"].keys() == module.state_dict().keys()
     exported = DDPMPipeline.from_pretrained(tmp_path / "pipeline").unet.state_dict()
     assert exported.keys() == module.unet.state_dict().keys()
+
+
+def test_compiled_forward_builds_once_for_the_full_batch_and_leaves_the_rest_eager(monkeypatch):
+    """A short last batch or a validation batch would recompile (minutes on a GPU, and a
+    dynamic-shape graph for the rest of the run): they run eager, and nothing recompiles."""
+    torch_compile, sizes = torch.compile, []
+
+    def dynamo_only_compile(fn, **kwargs):
+        compiled = torch_compile(fn, backend="eager", **kwargs)
+
+        def recorded(unet, x_t, *args):
+            sizes.append(x_t.shape[0])
+            return compiled(unet, x_t, *args)
+
+        return recorded
+
+    monkeypatch.setattr(torch, "compile", dynamo_only_compile)
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    module, eager = make(compile=True), make()
+    module.on_fit_start()
+    full, short = batches(1, 4)[0]["images"], batches(1, 3)[0]["images"]
+    for x_0 in [full, short, full]:  # an epoch's last batch between two full ones
+        torch.testing.assert_close(loss_of(module, x_0), loss_of(eager, x_0), rtol=1e-5, atol=0)
+    module.eval()
+    with torch.no_grad():  # as Lightning validates
+        loss_of(module, full)
+    module.train()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", False)
+    bigger = batches(1, 6)[0]["images"]  # a run whose first batch was short: the full one wins
+    loss_of(module, bigger)
+    loss_of(module, full)
+    assert sizes == [4, 4, 6]
+    assert module._compiled_calls == 3
 
 
 def test_sdpa_and_classic_attention_give_the_same_loss_and_gradients():

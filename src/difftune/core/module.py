@@ -30,10 +30,11 @@ LRSchedulerFactory = Callable[[Optimizer], LRScheduler]
 
 def compile_unet_forward() -> Callable[..., Any] | None:
     """`torch.compile` of `UNet2DModel.forward` (unbound: no compiled submodule, no `_orig_mod.`
-    keys, and a deep copy of the module, as EMA makes, calls its own weights); None, with one
-    warning, where torch cannot compile."""
+    keys, and a deep copy of the module, as EMA makes, calls its own weights), for static shapes
+    (no dynamic-shape recompile after the first batch); None, with one warning, where torch
+    cannot compile."""
     try:
-        return torch.compile(UNet2DModel.forward)
+        return torch.compile(UNet2DModel.forward, dynamic=False)
     except RuntimeError as error:  # e.g. a Python version dynamo does not support yet
         warn_eager(error)
         return None
@@ -114,6 +115,7 @@ class DiffusionFineTuner(LightningModule):
         self.compile_unet = compile  # `compile` itself is nn.Module's method
         self._compiled_forward: Callable[..., Any] | None = None  # built in `on_fit_start`
         self._compiled_calls = 0
+        self._compiled_batch = 0  # the largest training batch the compiled forward was built for
         self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "lr_scheduler"])
 
     @property
@@ -170,7 +172,7 @@ class DiffusionFineTuner(LightningModule):
         self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """UNet(x_t, t, c), compiled where `compile` is on and the first compiled call succeeds."""
-        if self._compiled_forward is None:
+        if not self._runs_compiled(x_t):
             return self.unet(x_t, t, class_labels).sample
         try:
             output = self._compiled_forward(self.unet, x_t, t, class_labels).sample
@@ -182,6 +184,15 @@ class DiffusionFineTuner(LightningModule):
             return self.unet(x_t, t, class_labels).sample
         self._compiled_calls += 1
         return output
+
+    def _runs_compiled(self, x_t: torch.Tensor) -> bool:
+        """Training steps of the largest batch so far go through the compiled forward; a smaller
+        batch (an epoch's short last one, one that lost undecodable images) and validation run
+        eager, where a recompile would cost minutes on a GPU for one step."""
+        if self._compiled_forward is None or not (self.training and torch.is_grad_enabled()):
+            return False
+        self._compiled_batch = max(self._compiled_batch, x_t.shape[0])
+        return x_t.shape[0] == self._compiled_batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         """Ho et al. 2020, Alg. 1: noise x_0 at a random t, regress the target (diffusers'
