@@ -54,7 +54,7 @@ ROWS = {  # name: (levers, batch size divisor, accumulation)
 }
 COMPILE_ROWS = {  # --compile: inductor may prefer NHWC convolutions that eager GroupNorm made slow
     "all + compile": (dict(ALL, compile=True), 1, 1),
-    "all + compile + channels_last": (dict(ALL, compile=True, channels_last=True), 1, 1),
+    "all + channels_last + compile": (dict(ALL, compile=True, channels_last=True), 1, 1),
 }
 CELEBAHQ_CLI = [
     "model=scratch", "model.unet.layers_per_block=2",
@@ -175,9 +175,8 @@ def levers_mode(args, device: str) -> None:
     flops = flops_per_image(args.size, device)
     name = torch.cuda.get_device_name() if device == "cuda" else ""
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    rows = {k: v for k, v in ROWS.items() if not args.rows or any(r in k for r in args.rows)}
-    if args.compile:
-        rows.update(COMPILE_ROWS)
+    candidates = dict(ROWS, **(COMPILE_ROWS if args.compile else {}))
+    rows = {k: v for k, v in candidates.items() if not args.rows or any(r in k for r in args.rows)}
     print(f"{'row':36} {'batch':>7} {'images/s':>9} {'TFLOP/s':>8} {'MFU':>6} "
           f"{'peak GiB':>8} {'reserved':>8} {'loss':>8}")  # fmt: skip
     results = {}

@@ -102,8 +102,8 @@ def test_a_run_resumed_in_its_dir_keeps_its_metrics_and_draws_one_curve(tmp_path
     original = LossCurve.on_fit_end
 
     def keep(self, trainer, pl_module):
-        curves.append(list(self.train))
         original(self, trainer, pl_module)
+        curves.append(list(self.train))
 
     LossCurve.on_fit_end = keep
     try:

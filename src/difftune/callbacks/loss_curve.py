@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -25,6 +26,7 @@ class LossCurve(Callback):
     One training point per optimizer step: with gradient accumulation, the mean of its
     micro-batches' losses (not one point per micro-batch at the same step, a staircase). Metrics
     of other callbacks that offer `curve() -> (name, [(step, value)])` (KID) get a panel beside.
+    The losses stay tensors until a drawing: one GPU sync per drawing, not one per step.
     """
 
     def __init__(self, path: str, every_n_steps: int = 100, smoothing: float = 0.9) -> None:
@@ -36,7 +38,8 @@ class LossCurve(Callback):
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
         self._drawn_at = 0
-        self._window: list[float] = []  # micro-batch losses of this optimizer step (accumulation)
+        self._window: list[torch.Tensor] = []  # micro-batch losses of this step (accumulation)
+        self._unread: list[tuple[int, torch.Tensor]] = []  # steps' losses not yet in `train`
         self._window_step = 0
         self._trainer: Trainer | None = None
         self.seconds = 0.0  # wall time spent drawing, reported against the whole fit
@@ -46,15 +49,23 @@ class LossCurve(Callback):
     ) -> None:
         loss = trainer.callback_metrics.get("train/loss")
         if loss is not None and outputs is not None:
-            self._window.append(float(loss))
+            self._window.append(loss.detach())
         step = trainer.global_step
         if step != self._window_step and self._window:  # an optimizer step ended the window
-            self.train.append((step, sum(self._window) / len(self._window)))
+            self._unread.append((step, torch.stack(self._window).float().mean()))
             self._window = []
         self._window_step = step
-        if self.train and step % self.every_n_steps == 0 and step != self._drawn_at:
+        if self._unread and step % self.every_n_steps == 0 and step != self._drawn_at:
             self._drawn_at = step
+            self.read()
             self.draw()
+
+    def read(self) -> None:
+        """Move the steps' losses from the device into `train` (every rank: nothing piles up)."""
+        if self._unread:
+            values = torch.stack([value for _, value in self._unread]).tolist()
+            self.train += [(step, v) for (step, _), v in zip(self._unread, values, strict=True)]
+            self._unread = []
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._window_step = trainer.global_step  # a resumed run starts at its checkpoint's step
@@ -79,6 +90,7 @@ class LossCurve(Callback):
     def draw(self) -> None:
         """Write the figure (train raw + smoothed, val points) to `path`."""
         start = time.perf_counter()
+        self.read()
         plt = pyplot()
         callbacks = self._trainer.callbacks if self._trainer is not None else []
         curves = [c.curve() for c in callbacks if hasattr(c, "curve")]
