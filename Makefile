@@ -30,11 +30,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint                   ## the whole suite, slow end-to-end runs included (as CI)
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+test: lint                   ## the whole suite, slow end-to-end runs included (as CI), 2 workers
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist worksteal
 
 test-fast: setup             ## everything but the slow end-to-end runs
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow" -n 2 --dist worksteal
 
 bench: setup                 ## CPU benchmarks; each prints its ratio last
 	for b in $(filter-out bench/gpu_peer.py,$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done

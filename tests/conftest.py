@@ -16,6 +16,12 @@ from helpers.compose import compose_sample, compose_train, shrink, shrink_sample
 from helpers.models import make_tiny_unet, save_tiny_pipeline
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `runs_first` (minutes each) first: a parallel run (`-n 2 --dist worksteal`)
+    starts them at once instead of ending on one of them while the other workers idle."""
+    items.sort(key=lambda item: item.get_closest_marker("runs_first") is None)
+
+
 @pytest.fixture
 def cfg_train(tmp_path: Path) -> DictConfig:
     """`python train.py` as composed from conf/train.yaml, shrunk to a 4-step CPU run in tmp_path.

@@ -1,11 +1,14 @@
 """Loggers start offline, fail early with one line when they cannot, and never log secrets."""
 
 import os
+from types import SimpleNamespace
 
 import pytest
+from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from difftune.errors import DifftuneError
+from difftune.run.loggers import finished_runs
 from difftune.run.redaction import redact
 from difftune.run.train import train
 from helpers.compose import compose_train, shrink
@@ -37,6 +40,35 @@ def test_wandb_offline_run_is_written_locally(tmp_path, tiny_pipeline_dir, monke
     train(shrink(cfg, steps=2))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_each_train_call_in_one_process_gets_its_own_wandb_run(tmp_path, monkeypatch):
+    """A notebook's second `train(cfg)`, or a `-m` sweep's next job (Hydra's basic launcher runs
+    the jobs in one process), must not log into the first run, which Lightning leaves open."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for name in ("first", "second"):
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path / name))
+        cfg = compose_train("logger=wandb", "logger.wandb.offline=true", output_dir=tmp_path / name)
+        train(shrink(cfg, steps=2))
+        runs = list((tmp_path / name / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and list(runs[0].glob("*.wandb")), name
+
+
+def test_a_fit_that_raised_ends_its_wandb_run_as_failed(tmp_path):
+    ended = []
+
+    class Run:
+        def finish(self, exit_code: int) -> None:
+            ended.append(exit_code)
+
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path))
+    logger._experiment = Run()  # as after the fit started it
+    trainer = SimpleNamespace(loggers=[logger])
+    with pytest.raises(RuntimeError, match="^out of memory$"), finished_runs(trainer):
+        raise RuntimeError("out of memory")
+    with finished_runs(trainer):
+        pass
+    assert ended == [1, 0]
 
 
 def test_wandb_online_without_login_fails_before_training(tmp_path, monkeypatch):

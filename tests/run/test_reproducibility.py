@@ -2,7 +2,10 @@
 
 import csv
 import json
+import shlex
 import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from omegaconf import open_dict
@@ -32,7 +35,7 @@ def test_run_directory_records_config_command_commit_and_versions(tmp_path):
     cfg = shrink(compose_train("model.optimizer.lr=1e-4", output_dir=tmp_path), steps=1)
     RunRecord().on_job_start(config=cfg)  # Hydra calls it as each job starts (conf/train.yaml)
     info = json.loads((tmp_path / "run_info.json").read_text())
-    assert info["command"].startswith("python") and "pytest" in info["command"]
+    assert info["command"] == shlex.join([Path(sys.executable).name, *sys.argv])  # this process's
     assert set(info["versions"]) >= {"torch", "diffusers", "lightning", "difftune"}
     assert info["versions"]["torch"] == torch.__version__
     git = info["git"]

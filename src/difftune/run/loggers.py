@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.errors import DifftuneError
@@ -62,3 +63,18 @@ def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
     with redacted_argv():
         for logger in loggers:
             logger.log_hyperparams(config)
+
+
+@contextmanager
+def finished_runs(trainer: Trainer) -> Iterator[None]:
+    """End the W&B run of each of the trainer's loggers when the fit ends, failed (exit code 1)
+    or not. Lightning leaves it open, so the next `train(cfg)` in the process (a notebook's, or
+    the next job of a `-m` sweep) would log into it."""
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                logger.experiment.finish(exit_code=1 if failed else 0)

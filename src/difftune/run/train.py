@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from difftune.callbacks.export import final_metrics
 from difftune.hub.checkpoints import check_checkpoint_matches
 from difftune.run.checks import check_train_config
-from difftune.run.loggers import log_config
+from difftune.run.loggers import finished_runs, log_config
 from difftune.run.resume import checkpoint_to_resume
 from difftune.run.run_dir import claim_run_dir
 
@@ -34,7 +34,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule, module, trainer = build(cfg)
         if ckpt_path:
             check_checkpoint_matches(ckpt_path, module)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with finished_runs(trainer):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         return final_metrics(trainer)
 
 
