@@ -4,7 +4,6 @@ with "labels" (class ids) when `data.label_column` is set."""
 from __future__ import annotations
 
 import logging
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from difftune.data.labels import (
 )
 from difftune.data.resumable import EpochShuffle, ResumableDataLoader, SeededAugmentation
 from difftune.data.sources import IMAGE_EXTENSIONS, list_image_files, load_hf_records
+from difftune.data.split import VAL_CAP, split_indices
 from difftune.data.streaming import StreamedImages, stream_split
 from difftune.data.synthetic import SyntheticStyleDataset, check_styles
 from difftune.errors import DifftuneError, require_int
@@ -30,8 +30,6 @@ from difftune.errors import DifftuneError, require_int
 log = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "hf", "imagefolder")
-#: `val_size: null` holds out this share of the images, at least VAL_FLOOR and at most VAL_CAP
-VAL_FRACTION, VAL_FLOOR, VAL_CAP = 0.05, 4, 64
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -185,33 +183,6 @@ class ImageDataModule(pl.LightningDataModule):
         found = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
         raise DifftuneError(f"no decodable image in {where} ({n} tried: {found})")
 
-    def held_out(self, n: int) -> int:
-        """Validation images out of n: `val_size`, or by default 5 % with a floor and a cap."""
-        if self.val_size is None:
-            wanted = min(VAL_CAP, max(VAL_FLOOR, round(VAL_FRACTION * n)))
-        else:
-            wanted = self.val_size
-        held = min(wanted, n - 1)
-        if held < wanted:
-            warnings.warn(
-                f"data.val_size={wanted} clamped to {held}: only {n} images "
-                "(at least 1 is kept for training)",
-                stacklevel=3,
-            )
-        elif self.val_size is not None and n > 1 and held > n // 4:
-            warnings.warn(
-                f"data.val_size={held} holds out {100 * held // n}% of the {n} images from "
-                "training; data.val_size=null holds out 5% (4 to 64)",
-                stacklevel=3,
-            )
-        return held
-
-    def _split_indices(self, n: int) -> tuple[list[int], list[int]]:
-        """Deterministic (by `seed`) disjoint train/val index lists over the first n items."""
-        val_size = self.held_out(n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        return sorted(perm[val_size:]), sorted(perm[:val_size])
-
     def setup(self, stage: str | None = None) -> None:
         """Build the train/val datasets (idempotent)."""
         if self.train_dataset is not None:
@@ -231,7 +202,7 @@ class ImageDataModule(pl.LightningDataModule):
             train_base = DecodedImageDataset(records, self.image_size, self.flip, self.random_crop)
             val_base = DecodedImageDataset(records, self.image_size)
             labels = self._labels
-        train_idx, val_idx = self._split_indices(n)
+        train_idx, val_idx = split_indices(n, self.val_size, self.seed)
         self.train_dataset = Subset(self._labelled(train_base, labels), train_idx)
         self.val_dataset = Subset(self._labelled(val_base, labels), val_idx)
         log.info(
