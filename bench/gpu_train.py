@@ -82,7 +82,7 @@ class Profile(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == self.stop:
             self.profiler.stop()
-            on = "cuda" if torch.cuda.is_available() else "cpu"
+            on = "device" if torch.cuda.is_available() else "cpu"
             table = self.profiler.key_averages().table(
                 sort_by=f"self_{on}_time_total", row_limit=25, max_name_column_width=60
             )
