@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from difftune.data import ImageDataModule
+from difftune.data import ImageDataModule, datamodule, streaming
 from difftune.data.synthetic import SyntheticStyleDataset, render
 from difftune.errors import DifftuneError
 
@@ -186,7 +186,16 @@ def test_hf_hub_style_folder_and_a_corrupt_row_drops_its_label(tmp_path: Path) -
 
 
 @pytest.mark.usefixtures("offline")
-def test_streamed_classlabel_column(tmp_path: Path) -> None:
+def test_streamed_classlabel_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = []
+    load = datamodule.load_hf_records
+
+    def counted(*args, **kwargs):  # each call lists the dataset's files (hub requests)
+        opened.append(kwargs.get("streaming"))
+        return load(*args, **kwargs)
+
+    for module in (datamodule, streaming):  # wherever the data module may open it from
+        monkeypatch.setattr(module, "load_hf_records", counted, raising=False)
     root = write_classes(tmp_path / "hub", {"ant": 4, "cat": 4})
     dm = labelled_module(
         source="hf", dataset_name=str(root), label_column="label", streaming=True, val_size=2,
@@ -196,6 +205,7 @@ def test_streamed_classlabel_column(tmp_path: Path) -> None:
     images, labels, _ = all_batches(dm)
     assert len(labels) == 8 and Counter(labels) == Counter({0: 4, 1: 4})
     assert [dm.class_names[i] for i in labels] == [colour_class(x) for x in images]
+    assert opened == [True]  # the stream opened once, for the class names and the data
 
 
 def write_metadata_folder(root: Path) -> Path:

@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -111,6 +112,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self._records: Sequence[ImageSource] | None = None
+        self._stream = None  # streaming: the IterableDataset, opened once
         self._labels: list[int] | None = None  # hf and imagefolder: one class id per record
         self._class_names: list[str] | None = None
 
@@ -156,16 +158,21 @@ class ImageDataModule(pl.LightningDataModule):
             if self.source == "synthetic":
                 self._class_names = list(self.styles)
             elif self.streaming:
-                stream = load_hf_records(
-                    self.dataset_name, self.split, self.image_column, self.subset, self.revision,
-                    streaming=True, label_column=self.label_column,
-                )  # fmt: skip
                 self._class_names = stream_class_names(
-                    stream.features, self.label_column, self.dataset_name
+                    self._open_stream().features, self.label_column, self.dataset_name
                 )
             else:
                 self._load_records()
         return self._class_names
+
+    def _open_stream(self) -> Any:
+        """The streamed hub dataset (its metadata read once, for the class names and the data)."""
+        if self._stream is None:
+            self._stream = load_hf_records(
+                self.dataset_name, self.split, self.image_column, self.subset, self.revision,
+                streaming=True, label_column=self.label_column,
+            )  # fmt: skip
+        return self._stream
 
     def _labelled(self, dataset: Dataset, labels: Sequence[int]) -> Dataset:
         """`dataset` with its class ids, when labels are asked for."""
@@ -218,9 +225,8 @@ class ImageDataModule(pl.LightningDataModule):
         if self.label_column is not None:
             self._load_class_names()  # a label column that is no ClassLabel fails here, first
         stream, val_records, val_labels = stream_split(
-            self.dataset_name, self.split, self.image_column, self.subset, self.revision,
-            held, rank, world, self.label_column,
-        )  # fmt: skip
+            self._open_stream(), self.image_column, held, rank, world, self.label_column
+        )
         self.train_dataset = StreamedImages(
             stream, self.image_column, self.image_size, self.flip, self.random_crop, self.seed,
             self.shuffle_buffer, self.label_column,

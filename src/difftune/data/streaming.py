@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from difftune.data.decode import Skipped, decode_image
-from difftune.data.sources import load_hf_records
 
 
 class StreamedImages(torch.utils.data.IterableDataset):
@@ -51,11 +50,8 @@ class StreamedImages(torch.utils.data.IterableDataset):
 
 
 def stream_split(
-    dataset_name: str,
-    split: str,
+    stream: Any,
     column: str,
-    subset: str | None,
-    revision: str | None,
     held_out: int,
     rank: int = 0,
     world_size: int = 1,
@@ -63,9 +59,6 @@ def stream_split(
 ) -> tuple[Any, list[Any], list[int]]:
     """(this process's share of the training stream; the first `held_out` records, held out;
     their class ids, empty without a `label_column`)."""
-    stream = load_hf_records(
-        dataset_name, split, column, subset, revision, streaming=True, label_column=label_column
-    )
     rows = list(stream.take(held_out))
     val = [row[column] or {} for row in rows]
     labels = [int(row[label_column]) for row in rows] if label_column else []
