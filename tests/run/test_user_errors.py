@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -184,4 +185,15 @@ def test_bf16_on_cpu_is_a_warning_not_an_error(tmp_path, monkeypatch):
     cfg = compose_train("trainer.precision=bf16-mixed", output_dir=tmp_path)
     slow = r"trainer.precision=bf16-mixed on CPU is ~25x slower"
     with pytest.warns(UserWarning, match=slow), pytest.raises(RuntimeError, match="checks passed"):
+        train(cfg)
+
+
+def test_a_precision_lightning_rejects_gets_no_slowness_warning_first(tmp_path, monkeypatch):
+    def stop_after_checks(cfg):
+        raise RuntimeError("checks passed")
+
+    monkeypatch.setattr(train_module, "build", stop_after_checks)
+    cfg = compose_train("trainer.precision=fp17", output_dir=tmp_path)
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="checks passed"):
+        warnings.simplefilter("error")  # fp17's own error is Lightning's, when the Trainer builds
         train(cfg)

@@ -102,7 +102,7 @@ def check_train_config(cfg: DictConfig) -> None:
         "optimizer under mixed precision; set model.optimizer.fused=null or "
         "trainer.gradient_clip_val=0",
     )
-    if cfg.trainer.get("accelerator") == "cpu" and precision not in ("32", "32-true", "64-true"):
+    if cfg.trainer.get("accelerator") == "cpu" and "16" in precision:  # bf16 / fp16, mixed or true
         warnings.warn(
             f"trainer.precision={precision} on CPU is ~25x slower than 32-true; "
             "use hardware=cpu (32-true) unless you are measuring it",
