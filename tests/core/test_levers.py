@@ -263,18 +263,29 @@ def test_an_unknown_attention_is_one_line():
         make(attention="flash")
 
 
-def test_matmul_precision_is_checked_before_the_run_and_set_for_it(tmp_path):
+def test_matmul_precision_is_checked_before_the_run_and_set_for_it_alone(tmp_path, monkeypatch):
+    """Set for the run, and put back after it: the next run in the process (a notebook's, a `-m`
+    sweep's next job) with `matmul_precision=null` gets torch's setting, not this run's TF32."""
+    import difftune.run.train as train_module
     from difftune.run.checks import check_train_config
 
     bad = compose_train("matmul_precision=fast", output_dir=tmp_path / "bad")
     with pytest.raises(DifftuneError, match=r"^matmul_precision='fast': expected null or one of "):
         check_train_config(bad)
+    seen, build = [], train_module.build
+
+    def recorded_build(cfg):
+        seen.append(torch.get_float32_matmul_precision())
+        return build(cfg)
+
+    monkeypatch.setattr(train_module, "build", recorded_build)
     before = torch.get_float32_matmul_precision()
-    try:
-        train(shrink(compose_train("matmul_precision=high", output_dir=tmp_path / "ok"), 1))
-        assert torch.get_float32_matmul_precision() == "high"
-    finally:
-        torch.set_float32_matmul_precision(before)
+    assert before == "highest"
+    for name, value in [("tf32", "high"), ("default", "null")]:
+        cfg = compose_train(f"matmul_precision={value}", output_dir=tmp_path / name)
+        train(shrink(cfg, 1))
+        assert torch.get_float32_matmul_precision() == before
+    assert seen == ["high", "highest"]
 
 
 def test_hardware_gpu_turns_the_measured_levers_on_and_cpu_leaves_them_off(tmp_path):

@@ -6,6 +6,8 @@ callback `run.provenance.RunRecord`; the non-finite policy in `callbacks.NonFini
 callbacks run in the order conf/callbacks/default.yaml lists them.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import hydra
@@ -29,14 +31,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with claim_run_dir(cfg):  # writable, and no other run's: checked before anything loads
         ckpt_path = checkpoint_to_resume(cfg)
         seed_everything(cfg.seed, workers=True)
-        if cfg.get("matmul_precision"):  # process-wide, as torch offers it
-            torch.set_float32_matmul_precision(cfg.matmul_precision)
-        datamodule, module, trainer = build(cfg)
-        if ckpt_path:
-            check_checkpoint_matches(ckpt_path, module)
-        with finished_runs(trainer):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with matmul_precision(cfg.get("matmul_precision")):
+            datamodule, module, trainer = build(cfg)
+            if ckpt_path:
+                check_checkpoint_matches(ckpt_path, module)
+            with finished_runs(trainer):
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         return final_metrics(trainer)
+
+
+@contextmanager
+def matmul_precision(value: str | None) -> Iterator[None]:
+    """torch's float32 matmul precision for the run (`high`: TF32; null: as it is), and after
+    it the one before: a notebook's or a `-m` sweep's next run starts from that, not this."""
+    before = torch.get_float32_matmul_precision()
+    if value:
+        torch.set_float32_matmul_precision(value)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
