@@ -264,28 +264,35 @@ def test_an_unknown_attention_is_one_line():
 
 
 def test_matmul_precision_is_checked_before_the_run_and_set_for_it_alone(tmp_path, monkeypatch):
-    """Set for the run, and put back after it: the next run in the process (a notebook's, a `-m`
-    sweep's next job) with `matmul_precision=null` gets torch's setting, not this run's TF32."""
+    """Set for the run, and put back after it with the flags Lightning's Trainer sets: the next
+    run in the process (a notebook's, a `-m` sweep's next job) starts from torch's settings."""
     import difftune.run.train as train_module
     from difftune.run.checks import check_train_config
 
     bad = compose_train("matmul_precision=fast", output_dir=tmp_path / "bad")
     with pytest.raises(DifftuneError, match=r"^matmul_precision='fast': expected null or one of "):
         check_train_config(bad)
+
+    def flags() -> tuple:
+        return (torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled(),
+                torch.backends.cudnn.benchmark)  # fmt: skip
+
     seen, build = [], train_module.build
 
     def recorded_build(cfg):
-        seen.append(torch.get_float32_matmul_precision())
-        return build(cfg)
+        built = build(cfg)  # the Trainer sets its flags as it is made
+        seen.append(flags())
+        return built
 
     monkeypatch.setattr(train_module, "build", recorded_build)
-    before = torch.get_float32_matmul_precision()
-    assert before == "highest"
-    for name, value in [("tf32", "high"), ("default", "null")]:
-        cfg = compose_train(f"matmul_precision={value}", output_dir=tmp_path / name)
-        train(shrink(cfg, 1))
-        assert torch.get_float32_matmul_precision() == before
-    assert seen == ["high", "highest"]
+    before = flags()
+    assert before == ("highest", False, False)
+    runs = {"tf32": ["matmul_precision=high", "trainer.deterministic=true"],
+            "default": ["matmul_precision=null", "+trainer.benchmark=true"]}  # fmt: skip
+    for name, overrides in runs.items():
+        train(shrink(compose_train(*overrides, output_dir=tmp_path / name), 1))
+        assert flags() == before, name
+    assert seen == [("high", True, False), ("highest", False, True)]
 
 
 def test_hardware_gpu_turns_the_measured_levers_on_and_cpu_leaves_them_off(tmp_path):

@@ -31,7 +31,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with claim_run_dir(cfg):  # writable, and no other run's: checked before anything loads
         ckpt_path = checkpoint_to_resume(cfg)
         seed_everything(cfg.seed, workers=True)
-        with matmul_precision(cfg.get("matmul_precision")):
+        with torch_flags(cfg.get("matmul_precision")):
             datamodule, module, trainer = build(cfg)
             if ckpt_path:
                 check_checkpoint_matches(ckpt_path, module)
@@ -41,16 +41,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @contextmanager
-def matmul_precision(value: str | None) -> Iterator[None]:
-    """torch's float32 matmul precision for the run (`high`: TF32; null: as it is), and after
-    it the one before: a notebook's or a `-m` sweep's next run starts from that, not this."""
-    before = torch.get_float32_matmul_precision()
-    if value:
-        torch.set_float32_matmul_precision(value)
+def torch_flags(matmul_precision: str | None) -> Iterator[None]:
+    """torch's process-wide flags for the run: the float32 matmul precision (`high`: TF32; null:
+    as it is) and what Lightning's Trainer sets (deterministic algorithms, cuDNN's benchmark and
+    deterministic modes); after it, the ones before, so a notebook's next cell or a `-m` sweep's
+    next job starts from those, not from this run's."""
+    before = (
+        torch.get_float32_matmul_precision(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    if matmul_precision:
+        torch.set_float32_matmul_precision(matmul_precision)
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(before)
+        precision, deterministic, warn_only, benchmark, cudnn_deterministic = before
+        torch.set_float32_matmul_precision(precision)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = cudnn_deterministic
 
 
 def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
