@@ -60,15 +60,28 @@ def test_clipped_x0_matters_and_can_be_turned_off(tiny_unet, noise):
 
 def test_dynamic_thresholding_is_followed(tiny_unet, noise):
     """thresholding=True: the loss sees the scheduler's own thresholded pred_original_sample."""
-    seen = []
+    seen, steps = [], []
 
     def loss(x0):
         seen.append(x0.detach())
         return ColorLoss()(x0)
 
-    scheduler = DDIMScheduler(num_train_timesteps=1000, thresholding=True, sample_max_value=1.5)
-    sample(tiny_unet, scheduler, noise * 3, 3, guidance=Guidance(loss, 10.0))
-    assert all(x0.abs().max() <= 1.0 + 1e-6 for x0 in seen)  # thresholded, then divided by s
+    def make():
+        return DDIMScheduler(num_train_timesteps=1000, thresholding=True, sample_max_value=1.5)
+
+    guidance = Guidance(loss, 10.0, apply_to="eps")  # x_t as the loss saw it reaches the callback
+    sample(tiny_unet, make(), noise * 3, 3, guidance=guidance, callback=steps.append)
+    assert len(seen) == len(steps) == 3
+    scheduler, plain = make(), DDIMScheduler(num_train_timesteps=1000)  # plain: clamps to ±1
+    scheduler.set_timesteps(3)
+    plain.set_timesteps(3)
+    for x0, step, t in zip(seen, steps, scheduler.timesteps, strict=True):
+        with torch.no_grad():
+            eps = tiny_unet(step["x_t"], t).sample
+        expected = scheduler.step(eps, t, step["x_t"]).pred_original_sample
+        torch.testing.assert_close(x0, expected)
+        clamped = plain.step(eps, t, step["x_t"]).pred_original_sample
+        assert (x0 - clamped).abs().max() > 1e-3  # thresholding, not a plain clamp
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))

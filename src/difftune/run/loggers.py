@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.errors import DifftuneError
+from difftune.run.disk import check_writable
 from difftune.run.redaction import redact, redact_text
 
 
@@ -31,12 +32,7 @@ def check_loggers(cfg: DictConfig) -> None:
     for name, node in loggers.items():
         save_dir = node.get("save_dir") if node else None
         if save_dir is not None:
-            parent = next(p for p in [Path(save_dir), *Path(save_dir).parents] if p.exists())
-            if not os.access(parent, os.W_OK):
-                raise DifftuneError(
-                    f"logger.{name}.save_dir={save_dir} is not writable; "
-                    "choose another paths.output_dir or use logger=csv"
-                )
+            check_writable(f"logger.{name}.save_dir", save_dir, Path(save_dir))
     wandb = loggers.get("wandb")
     offline = os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun")
     if wandb and not wandb.get("offline") and not offline and not wandb_logged_in():
