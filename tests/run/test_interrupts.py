@@ -10,6 +10,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import open_dict
 
 from difftune.run.train import train
+from helpers.cli import one_line_exit_2
 from helpers.compose import compose_train, shrink
 from helpers.faults import AtStep, run_with
 from helpers.runs import step_of
@@ -30,16 +31,17 @@ def test_sigterm_saves_last_ckpt_and_the_run_resumes_from_it(tmp_path):
     assert step_of(tmp_path / "b" / "checkpoints" / "last.ckpt") == 8
 
 
-def test_ctrl_c_saves_last_ckpt_and_exits(cfg_train, tmp_path):
+def test_ctrl_c_saves_last_ckpt_and_exits_with_the_resume_command(cfg_train, tmp_path, capsys):
     cfg = shrink(cfg_train, steps=8)
     ctrl_c = AtStep(2, lambda trainer: os.kill(os.getpid(), signal.SIGINT))
     previous = signal.getsignal(signal.SIGINT)
     try:
-        with pytest.raises(SystemExit):
-            run_with(cfg, ctrl_c)
+        line = one_line_exit_2(lambda c: run_with(c, ctrl_c), cfg, capsys)
     finally:
         signal.signal(signal.SIGINT, previous)  # Lightning ignores further Ctrl-C while it saves
-    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 2
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert step_of(last) == 2
+    assert line == f"error: stopped by Ctrl-C at step 2; resume with ckpt_path={last}"
 
 
 SLURM_ENV = dict(

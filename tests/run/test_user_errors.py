@@ -156,6 +156,13 @@ def test_sigterm_ends_in_one_line_with_the_resume_command(capsys):
     )
 
 
+def test_ctrl_c_outside_the_fit_is_one_line(capsys):
+    def loading(cfg):
+        raise KeyboardInterrupt
+
+    assert one_line_exit_2(loading, None, capsys) == "error: stopped by Ctrl-C"
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -57,11 +57,18 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         given = copy.deepcopy(args[0]) if args else None  # instantiate resolves nodes in place
         try:
             return fn(*args, **kwargs)
-        except SIGTERMException as err:  # a SystemExit: `last.ckpt` was saved on the way out
+        except SystemExit as err:  # SIGTERM, or Lightning's exit(1) after Ctrl-C: `last.ckpt`
+            stop = err if isinstance(err, SIGTERMException) else err.__context__  # was saved
+            if not isinstance(stop, SIGTERMException | KeyboardInterrupt) or full_trace():
+                raise
+            signal = "SIGTERM" if isinstance(stop, SIGTERMException) else "Ctrl-C"
+            where = getattr(stop, "resume_hint", "")
+            sys.stderr.write(f"error: stopped by {signal}{' ' + where if where else ''}\n")
+            sys.exit(2)
+        except KeyboardInterrupt:  # before the fit started (or after it): nothing to resume
             if full_trace():
                 raise
-            where = getattr(err, "resume_hint", "")
-            sys.stderr.write(f"error: stopped by SIGTERM{' ' + where if where else ''}\n")
+            sys.stderr.write("error: stopped by Ctrl-C\n")
             sys.exit(2)
         except Exception as err:
             cause = config_error(err, given, task_overrides()) or user_error(err) or disk_error(err)
