@@ -73,6 +73,9 @@ HIGH_DEPTH = {  # file name: (pixels as saved, what they must map to in [0, 1])
     "hdr.tif": lambda r: ((1.5 * r).astype(np.float32), r),  # overshoots 1: scaled by its max
     "signed.tif": lambda r: ((1.2 * r - 0.2).astype(np.float32), r),  # below 0: by its min
     "sixteen.png": lambda r: ((r * 65535).round().astype(np.uint16), r),
+    # 8- and 16-bit values saved as float: by the integer range, not stretched to their own max
+    "bytes.tif": lambda r: ((r * 200).round().astype(np.float32), (r * 200).round() / 255),
+    "words.tif": lambda r: ((r * 3000).round().astype(np.float32), (r * 3000).round() / 65535),
 }
 
 

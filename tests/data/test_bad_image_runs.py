@@ -1,11 +1,14 @@
 """A folder of bad images trains, and its skips are reported once per epoch, with reasons."""
 
 import logging
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
 
+from difftune.callbacks.skipped_images import LIST_NAME, SkipReport
 from difftune.run.train import train
 from helpers.compose import compose_train, shrink
 from helpers.images import write_mixed_folder
@@ -56,3 +59,19 @@ def test_a_folder_of_bad_images_trains_and_reports_skips_once_per_epoch(tmp_path
         "bomb.png",
     }
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
+
+
+def test_odd_file_names_stay_one_line_of_the_list(tmp_path, caplog):
+    """Tabs and newlines in names (legal on Linux), and names that are not UTF-8."""
+    names = ["bad\tTAB.jpg", "bad\nNL.jpg", "back\\slash.jpg", os.fsdecode(b"latin\xe9.jpg")]
+    batch = {"skipped": ["unreadable"] * 4, "skipped_files": [f"/d/{n}" for n in names]}
+    report = SkipReport()
+    report.add("train", batch)
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path), is_global_zero=True)
+    with caplog.at_level(logging.WARNING, logger="difftune.callbacks.skipped_images"):
+        report.flush("train", "epoch 0", trainer)
+    rows = [line.split("\t") for line in (tmp_path / LIST_NAME).read_text().splitlines()]
+    assert [row[3] for row in rows] == [
+        "/d/bad\\tTAB.jpg", "/d/bad\\nNL.jpg", "/d/back\\\\slash.jpg", "/d/latin\\udce9.jpg",
+    ]  # fmt: skip
+    assert caplog.records[0].getMessage().count("\n") == 0

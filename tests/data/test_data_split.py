@@ -34,6 +34,22 @@ def test_default_val_split_is_proportional_with_floor_and_cap(n, held_out) -> No
     assert not [w for w in caught if "holds out" in str(w.message)]
 
 
+@pytest.mark.parametrize(
+    ("n", "message"),
+    [
+        (5, r"data.val_size=null holds out 4 of the 5 images \(80%\) from training; "
+            r"data.val_size=N holds out N"),
+        (3, r"data.val_size=null: only 3 images, so 2 held out for validation instead of 4"),
+        (1, r"data.val_size=null: only 1 image, so 0 held out for validation instead of 4"),
+    ],
+)  # fmt: skip
+def test_a_tiny_folder_is_told_what_the_default_split_takes(n, message) -> None:
+    dm = ImageDataModule(num_images=n, image_size=8)
+    with pytest.warns(UserWarning, match=f"^{message}"):
+        dm.setup()
+    assert dm.num_train == 1 and dm.num_val == n - 1
+
+
 def test_a_64_image_folder_keeps_most_for_training(tmp_path, caplog) -> None:
     """The old default (val_size=32) silently held out half of a 64-image folder."""
     folder = write_folder(tmp_path / "photos", 64)
@@ -47,7 +63,8 @@ def test_a_64_image_folder_keeps_most_for_training(tmp_path, caplog) -> None:
 def test_an_explicit_large_val_size_is_said(tmp_path) -> None:
     folder = write_folder(tmp_path / "photos", 64)
     dm = ImageDataModule(source="imagefolder", data_dir=str(folder), image_size=16, val_size=32)
-    with pytest.warns(UserWarning, match="data.val_size=32 holds out 50% of the 64 images"):
+    said = r"^data.val_size=32 holds out 32 of the 64 images \(50%\) from training"
+    with pytest.warns(UserWarning, match=said):
         dm.setup()
     assert (dm.num_train, dm.num_val) == (32, 32)
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from difftune.data import ImageDataModule
 from difftune.data.decode import decode_image
@@ -50,8 +51,23 @@ def test_all_corrupt_folder_fails_at_setup(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"")
     (tmp_path / "b.png").write_text("not a png")
     dm = ImageDataModule(source="imagefolder", data_dir=str(tmp_path))
-    with pytest.raises(DifftuneError, match=r"no decodable image in .* \(2 tried: .*empty file"):
+    said = r"no decodable image in .* \(1 training images tried: .*; 1 more held out"
+    with pytest.raises(DifftuneError, match=said):
         dm.setup("fit")
+
+
+def test_a_folder_whose_only_decodable_image_is_held_out_fails_at_setup(tmp_path: Path) -> None:
+    """It used to train on empty batches to max_steps and exit 0."""
+    Image.new("RGB", (40, 48), (200, 10, 10)).save(tmp_path / "f0.jpg")
+    for i in range(1, 8):
+        (tmp_path / f"f{i}.jpg").write_text("bad")
+    dm = ImageDataModule(source="imagefolder", data_dir=str(tmp_path), image_size=16, seed=0)
+    with pytest.raises(DifftuneError) as err:
+        dm.setup("fit")
+    assert str(err.value) == (
+        f"no decodable image in {tmp_path} (4 training images tried: 4 unreadable; "
+        "4 more held out for validation (data.val_size))"
+    )
 
 
 def test_folder_without_images_fails_at_setup(tmp_path: Path) -> None:
@@ -98,7 +114,8 @@ def test_synthetic_batches() -> None:
 
 def test_val_size_is_clamped_and_max_images(image_folder: Path) -> None:
     dm = ImageDataModule(source="imagefolder", data_dir=str(image_folder), val_size=64)
-    with pytest.warns(UserWarning, match="val_size=64 clamped to 11"):
+    said = r"^data.val_size=64: only 12 images, so 11 held out for validation instead of 64"
+    with pytest.warns(UserWarning, match=said):
         dm.setup()
     assert (dm.num_train, dm.num_val) == (1, 11)
     dm = ImageDataModule(source="imagefolder", data_dir=str(image_folder), max_images=5, val_size=2)

@@ -1,12 +1,13 @@
 """Robust decoding: every image mode to RGB, EXIF orientation, broken files skipped with reasons."""
 
+import io
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from difftune.data.decode import Skipped, collate, decode_image, open_image
+from difftune.data.decode import Skipped, collate, decode_image, open_image, skip_reason
 from helpers.images import BLUE, RED, WHITE, jpeg_bytes, left_right, write_mixed_folder
 
 
@@ -33,6 +34,17 @@ def test_modes_are_converted_to_rgb_correctly(tmp_path: Path) -> None:
     assert pixel(tmp_path / "sixteen.png", (25, 5)) == (128, 128, 128)  # scaled, not clipped
 
 
+def test_a_colour_key_is_transparent_too(tmp_path: Path) -> None:
+    """PNG's tRNS colour key on RGB and greyscale: its pixels are composited on white."""
+    for mode, key, kept in [("RGB", (10, 20, 30), (200, 0, 0)), ("L", 0, 90)]:
+        img = Image.new(mode, (8, 8), key)
+        img.paste(kept, (0, 0, 4, 8))
+        img.save(tmp_path / f"{mode}.png", transparency=key)
+        decoded = open_image(str(tmp_path / f"{mode}.png"))
+        assert decoded.getpixel((6, 4)) == WHITE
+        assert decoded.getpixel((1, 4)) == (kept if mode == "RGB" else (kept,) * 3)
+
+
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     write_mixed_folder(tmp_path)
     assert close(pixel(tmp_path / "exif.jpg", (3, 10)), BLUE, 40)
@@ -57,12 +69,21 @@ def test_broken_files_are_skipped_with_reasons(tmp_path: Path) -> None:
         "text.png": Skipped("unreadable", str(tmp_path / "text.png")),
     }
     assert decode_image(b"", 16) == Skipped("empty file", "<bytes>")
+    assert skip_reason(PermissionError(13, "Permission denied")) == "permission denied"
 
 
-def test_decompression_bomb_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = jpeg_bytes(Image.new("RGB", (100, 100), RED))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    assert decode_image(data, 16).reason == "decompression bomb"
+def test_a_jpeg_too_large_for_pil_decodes_reduced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over PIL's pixel limit at full size, within it in draft mode (a panorama, a scan)."""
+    data = jpeg_bytes(left_right(RED, BLUE, size=(800, 400)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # 800x400 > 2x: a "bomb"
+    x = decode_image(data, 16)  # DCT-scaled by 1/8: 100x50, under the limit
+    assert isinstance(x, torch.Tensor) and x.shape == (3, 16, 16)
+    assert close(tuple(((x[:, 8, 0] + 1) * 127.5).round().int().tolist()), RED, 30)
+    assert Image.MAX_IMAGE_PIXELS == 100 * 100  # the limit is back
+    assert decode_image(data, 300).reason == "decompression bomb"  # 400x200 at 1/2: still over
+    png = io.BytesIO()
+    left_right(RED, BLUE, size=(800, 400)).save(png, "PNG")
+    assert decode_image(png.getvalue(), 16).reason == "decompression bomb"  # no draft for PNG
 
 
 def test_large_jpeg_is_decoded_in_draft_mode(tmp_path: Path) -> None:

@@ -21,3 +21,24 @@ def test_a_folder_is_read_whole_where_datasets_imagefolder_reads_split_names(tmp
     ]  # fmt: skip
     theirs = datasets.load_dataset("imagefolder", data_dir=str(folder))
     assert {split: len(rows) for split, rows in theirs.items()} == {"train": 2, "test": 2}
+
+
+def test_linked_folders_are_read_once_and_other_files_are_counted(tmp_path, caplog):
+    """Path.rglob left linked sub-folders out; a link loop must not recurse."""
+    real, folder = tmp_path / "real", tmp_path / "photos"
+    real.mkdir()
+    (folder / "own").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(real / f"{i}.png")
+    Image.new("RGB", (8, 8)).save(folder / "own" / "a.JPE")
+    (folder / "linked").symlink_to(real)
+    (folder / "again").symlink_to(real)  # the same real folder a second time
+    (folder / "own" / "loop").symlink_to(folder)
+    (folder / "notes.txt").write_text("x")
+    (folder / ".DS_Store").write_text("x")
+    with caplog.at_level("INFO", logger="difftune.data.sources"):
+        listed = list_image_files(folder)
+    names = [p.split("/photos/")[1] for p in listed]
+    assert names == ["again/0.png", "again/1.png", "again/2.png", "own/a.JPE"]  # sorted: first
+    left_out = "1 files without an image extension left out (e.g. notes.txt)"
+    assert f"data.data_dir={folder}: {left_out}" in caplog.text

@@ -15,6 +15,11 @@ LIST_NAME = "skipped_images.txt"
 SHOWN = 3  # files named in the log line
 
 
+def escaped(name: str) -> str:
+    """A file name that stays one field of one line: backslash, tab and newlines escaped."""
+    return name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 class SkipReport:
     """Collects the `skipped` / `skipped_files` of each batch and reports them per split."""
 
@@ -35,7 +40,7 @@ class SkipReport:
             return
         reasons = Counter(reason for reason, _ in items)
         why = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
-        names = [Path(source).name for _, source in items if source]
+        names = [escaped(Path(source).name) for _, source in items if source]
         shown = ", ".join(names[:SHOWN]) + (
             f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
         )
@@ -54,8 +59,8 @@ class SkipReport:
             return None
         path = Path(root) / LIST_NAME
         try:
-            with open(path, "a", encoding="utf-8") as f:
-                f.writelines(f"{split}\t{when}\t{r}\t{s or '<bytes>'}\n" for r, s in items)
+            with open(path, "a", encoding="utf-8", errors="backslashreplace") as f:
+                f.writelines(f"{split}\t{when}\t{r}\t{escaped(s) or '<bytes>'}\n" for r, s in items)
         except OSError as err:  # the report must not end a run
             log.warning("could not write %s: %s", path, err)
             return None

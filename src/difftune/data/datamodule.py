@@ -178,17 +178,23 @@ class ImageDataModule(pl.LightningDataModule):
         """`dataset` with its class ids, when labels are asked for."""
         return dataset if self.label_column is None else Labelled(dataset, labels)
 
-    def _check_decodable(self, records: Sequence[ImageSource], n: int) -> None:
-        """Decode in order until the first success; raise if no image at all is decodable."""
+    def _check_decodable(
+        self, records: Sequence[ImageSource], train_idx: list[int], held: int
+    ) -> None:
+        """Decode the training images in order until the first success; raise if none of them
+        is decodable (the held-out ones do not count: nothing would be trained)."""
         reasons: Counter[str] = Counter()
-        for i in range(n):
+        for i in train_idx:
             item = decode_image(records[i], self.image_size)
             if isinstance(item, torch.Tensor):
                 return
             reasons[item.reason] += 1
         where = self.dataset_name if self.source == "hf" else self.data_dir
         found = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
-        raise DifftuneError(f"no decodable image in {where} ({n} tried: {found})")
+        also = f"; {held} more held out for validation (data.val_size)" if held else ""
+        raise DifftuneError(
+            f"no decodable image in {where} ({len(train_idx)} training images tried: {found}{also})"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Build the train/val datasets (idempotent)."""
@@ -205,11 +211,12 @@ class ImageDataModule(pl.LightningDataModule):
         else:
             records = self._load_records()
             n = min(len(records), self.max_images or len(records))
-            self._check_decodable(records, n)
             train_base = DecodedImageDataset(records, self.image_size, self.flip, self.random_crop)
             val_base = DecodedImageDataset(records, self.image_size)
             labels = self._labels
         train_idx, val_idx = split_indices(n, self.val_size, self.seed)
+        if self.source != "synthetic":
+            self._check_decodable(records, train_idx, len(val_idx))
         self.train_dataset = Subset(self._labelled(train_base, labels), train_idx)
         self.val_dataset = Subset(self._labelled(val_base, labels), val_idx)
         log.info(

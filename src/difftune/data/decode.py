@@ -50,6 +50,8 @@ def skip_reason(exc: BaseException) -> str:
         return "unreadable"
     if isinstance(exc, FileNotFoundError):
         return "missing file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
     if isinstance(exc, OSError) and "truncated" in str(exc).lower():
         return "truncated"
     if isinstance(exc, OSError | SyntaxError | EOFError):
@@ -67,10 +69,11 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
 def high_depth_range(mode: str, arr: np.ndarray) -> tuple[float, float]:
     """The values that mean black and white: the type's range, widened to the data's own.
 
-    Float is [0, 1]; 16-bit is [0, 65535]; 32-bit int is 8- or 16-bit data by its maximum. An image
-    whose values go beyond (HDR floats, negative values) is scaled by its own minimum and maximum.
+    Float is [0, 1]; 16-bit is [0, 65535]; 32-bit int, and float holding whole numbers above 1
+    (8- or 16-bit values saved as float), is 8- or 16-bit data by its maximum. An image whose
+    values go beyond (HDR floats, negative values) is scaled by its own minimum and maximum.
     """
-    if mode == "F":
+    if mode == "F" and not (arr.max() > 1.0 and np.array_equal(arr, np.rint(arr))):
         black, white = 0.0, 1.0
     elif mode in _SIXTEEN_BIT_MODES or arr.max() > 255:
         black, white = 0.0, 65535.0
@@ -90,15 +93,46 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB (alpha composited on white, 16-bit rescaled)."""
+    if img.mode in ("P", "RGB", "L") and "transparency" in img.info:  # a palette or colour key
+        return _composite_on_white(img)
     if img.mode == "RGB":
         return img
-    if img.mode == "P" and "transparency" in img.info:
-        return _composite_on_white(img)
     if img.mode in _ALPHA_MODES:
         return _composite_on_white(img)
     if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
         return _high_depth_to_l(img).convert("RGB")
     return img.convert("RGB")
+
+
+def _open(fp: str | Path | io.BytesIO, draft_size: int | None) -> Image.Image:
+    """`Image.open`, in draft mode for a JPEG. PIL refuses an image of over twice
+    `Image.MAX_IMAGE_PIXELS` as a decompression bomb before a draft can shrink it: a JPEG is
+    opened again unchecked and refused only if its reduced decode is still that large."""
+    try:
+        img = Image.open(fp)
+    except Image.DecompressionBombError:
+        if draft_size is None:
+            raise
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            if isinstance(fp, io.BytesIO):
+                fp.seek(0)
+            img = Image.open(fp)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+        if img.format != "JPEG":  # no reduced decode: the refusal stands
+            img.close()
+            raise
+        img.draft("RGB", (draft_size, draft_size))
+        if limit is not None and img.width * img.height > 2 * limit:
+            img.close()
+            raise Image.DecompressionBombError(
+                f"{img.width}x{img.height} even in draft mode"
+            ) from None
+        return img
+    if draft_size is not None:
+        img.draft("RGB", (draft_size, draft_size))
+    return img
 
 
 def open_image(source: ImageSource, draft_size: int | None = None) -> Image.Image:
@@ -107,9 +141,7 @@ def open_image(source: ImageSource, draft_size: int | None = None) -> Image.Imag
     Raises on unreadable data (see `skip_reason`); `decode_image` turns that into a `Skipped`.
     """
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(fp) as img:
-        if draft_size is not None:
-            img.draft("RGB", (draft_size, draft_size))
+    with _open(fp, draft_size) as img:
         img.load()
         try:
             ImageOps.exif_transpose(img, in_place=True)

@@ -10,19 +10,23 @@ VAL_FRACTION, VAL_FLOOR, VAL_CAP = 0.05, 4, 64
 
 def held_out(n: int, val_size: int | None) -> int:
     """Validation images out of n: `val_size`, or by default 5 % with a floor and a cap; at
-    least one image stays for training (a warning says so, and when val takes over a quarter)."""
+    least one image stays for training. A warning says when that clamps `val_size`, when an
+    explicit `val_size` holds out over a quarter, and when the default holds out over half."""
+    setting = f"data.val_size={'null' if val_size is None else val_size}"
     wanted = min(VAL_CAP, max(VAL_FLOOR, round(VAL_FRACTION * n))) if val_size is None else val_size
     held = min(wanted, n - 1)
+    images = f"{n} image{'s' if n != 1 else ''}"
     if held < wanted:
         warnings.warn(
-            f"data.val_size={wanted} clamped to {held}: only {n} images "
+            f"{setting}: only {images}, so {held} held out for validation instead of {wanted} "
             "(at least 1 is kept for training)",
             stacklevel=3,
         )
-    elif val_size is not None and n > 1 and held > n // 4:
+    elif n > 1 and held > (n // 4 if val_size is not None else n // 2):
+        hint = "null holds out 5% (4 to 64)" if val_size is not None else "N holds out N"
         warnings.warn(
-            f"data.val_size={held} holds out {100 * held // n}% of the {n} images from "
-            "training; data.val_size=null holds out 5% (4 to 64)",
+            f"{setting} holds out {held} of the {images} ({100 * held // n}%) from training; "
+            f"data.val_size={hint}",
             stacklevel=3,
         )
     return held
