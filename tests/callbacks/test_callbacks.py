@@ -1,6 +1,7 @@
 """What the callbacks leave in a run dir: sample panels, progression, curves, throughput."""
 
 import csv
+import resource
 
 import pytest
 from lightning.pytorch import Callback
@@ -69,7 +70,10 @@ def test_throughput_and_peak_memory_are_logged(tmp_path, tiny_pipeline_dir):
         rows = [r for r in csv.DictReader(f) if r["perf/images_per_s"]]
     assert len(rows) >= 2  # every 2 of the 4 optimizer steps
     assert all(float(r["perf/images_per_s"]) > 0 for r in rows)
-    assert all(float(r["perf/peak_memory_mb"]) > 50 for r in rows)  # a Python + torch process
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    logged = [float(r["perf/peak_memory_mb"]) for r in rows]
+    assert all(100 < mb <= peak_mb for mb in logged)  # MB, this process's peak so far
+    assert logged == sorted(logged)  # a peak never goes down
 
 
 def test_smoothing_is_a_bias_corrected_moving_average():

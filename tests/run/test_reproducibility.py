@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import open_dict
 
-from difftune.run.provenance import RunRecord
+from difftune.run.provenance import RunRecord, git_state
 from difftune.run.train import train
 from helpers.compose import ROOT, compose_train, shrink
 from helpers.runs import unet_weights
@@ -43,6 +43,27 @@ def test_run_directory_records_config_command_commit_and_versions(tmp_path):
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
         )
-        assert git["commit"] == head.stdout.strip() and isinstance(git["dirty"], bool)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+        assert git == {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
     resolved = (tmp_path / "config_resolved.yaml").read_text()
     assert "lr: 0.0001" in resolved and "${" not in resolved
+
+
+def test_git_state_says_whether_tracked_files_changed(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)  # fmt: skip
+
+    assert git_state(tmp_path) is None  # not a repository
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-qm", "a")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    assert git_state(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "new.py").write_text("")  # untracked: not dirty
+    assert git_state(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_state(tmp_path) == {"commit": head, "dirty": True}

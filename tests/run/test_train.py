@@ -1,6 +1,5 @@
 """`train(cfg)` from the real config: experiments, the offline default, resume, bad input."""
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -76,23 +75,6 @@ def test_offline_default_end_to_end(cfg_train, tmp_path):
         torch.testing.assert_close(exported[key.removeprefix("unet.")], value)
     base = pipeline_io.load_unet("difftune/tiny_base").state_dict()
     assert any(not torch.equal(base[k], exported[k]) for k in base)
-
-
-@pytest.mark.slow
-def test_resume_from_last_checkpoint_continues_the_run(tmp_path, tiny_pipeline_dir):
-    def run(out: Path, steps: int, *extra: str) -> dict:
-        model = f"model.pretrained={tiny_pipeline_dir}"
-        cfg = compose_train(model, "data.image_size=16", *extra, output_dir=out)
-        return train(shrink(cfg, steps=steps))
-
-    run(tmp_path / "first", 3)
-    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    run(tmp_path / "resumed", 6, f"ckpt_path={last}")
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert resumed["global_step"] == 6
-    with open(tmp_path / "resumed" / "metrics.csv") as f:
-        steps = [int(row["step"]) for row in csv.DictReader(f)]
-    assert min(steps) >= 3  # logging continued from the checkpoint's step, not from 0
 
 
 BAD_INPUTS = [
