@@ -200,6 +200,19 @@ def test_the_module_trains_the_class_embedding_and_drops_labels():
     assert torch.equal(labels[kept], batch["labels"][kept])
 
 
+@pytest.mark.parametrize("embedding_lr", [None, 1e-2])
+def test_the_class_embedding_gets_its_own_lr(embedding_lr):
+    module = conditional_module(conditioning="class", class_names=NAMES,
+                                class_embedding_lr=embedding_lr)  # fmt: skip
+    optimizer = module.configure_optimizers()
+    embedding = set(module.unet.class_embedding.parameters())
+    groups = [(g["lr"], set(g["params"])) for g in optimizer.param_groups]
+    if embedding_lr is None:  # one group: everything at optimizer.lr
+        assert groups == [(0.1, set(module.unet.parameters()))]
+    else:
+        assert groups == [(0.1, set(module.unet.parameters()) - embedding), (1e-2, embedding)]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

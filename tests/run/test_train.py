@@ -1,16 +1,21 @@
 """`train(cfg)` from the real config: experiments, the offline default, resume, bad input."""
 
+import csv
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMPipeline
+from diffusers import DDPMPipeline, UNet2DModel
+from lightning.pytorch import Trainer
 from omegaconf import open_dict
 from PIL import Image
 
 import difftune.hub.pipelines as pipeline_io
+from difftune.core.ema import ema_decay
 from difftune.errors import DifftuneError
 from difftune.run.train import build, train
 from helpers.compose import ROOT, compose_train, shrink
@@ -174,3 +179,32 @@ def test_push_to_hub_after_a_complete_export(tmp_path, tiny_pipeline_dir, monkey
 def test_push_to_hub_without_repo_id_is_rejected_first(tmp_path):
     with pytest.raises(DifftuneError, match="push_to_hub=true needs hub.repo_id"):
         train(compose_train("push_to_hub=true", output_dir=tmp_path))
+
+
+def test_metrics_follow_the_lr_and_ema_schedules_and_val_loss_is_the_emas(tmp_path):
+    """metrics.csv's lr and ema/decay per step against their formulas; val/loss is the loss of
+    the EMA weights (which the export holds); final_metrics.json is every metric's last value."""
+    cfg = compose_train("ema=default", "model/lr_scheduler=cosine",
+                        "model.lr_scheduler.num_warmup_steps=2", "trainer.log_every_n_steps=1",
+                        output_dir=tmp_path)  # fmt: skip
+    train(shrink(cfg, steps=6))
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    lr = {int(r["step"]): float(r["lr-AdamW"]) for r in rows if r["lr-AdamW"]}
+    cosine = [s / 2 if s < 2 else 0.5 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in range(6)]
+    assert lr == pytest.approx({s: 3e-4 * w for s, w in enumerate(cosine)}, rel=1e-6)
+    decay = {int(r["step"]): float(r["ema/decay"]) for r in rows if r["ema/decay"]}
+    assert decay == pytest.approx({s: ema_decay(s, 0.999, 1.0, 0.75) for s in range(6)}, rel=1e-6)
+
+    last = {}
+    for row in rows:
+        last.update({k: float(v) for k, v in row.items() if v and k not in ("step", "epoch")})
+    assert json.loads((tmp_path / "final_metrics.json").read_text()) == pytest.approx(last)
+
+    datamodule, module, _ = build(shrink(cfg, steps=6))
+    exported = UNet2DModel.from_pretrained(tmp_path / "pipeline" / "unet")
+    module.unet.load_state_dict(exported.state_dict())
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False)  # fmt: skip
+    [validated] = trainer.validate(module, datamodule=datamodule, verbose=False)
+    assert validated["val/loss"] == pytest.approx(last["val/loss"], rel=1e-5)
