@@ -4,6 +4,7 @@ Each one is composed for every job (the entry points' preflight); the ones that 
 run in-process, shortened; each `$ command` followed by an `error:` line gives that line.
 """
 
+import math
 import re
 import shlex
 from pathlib import Path
@@ -97,14 +98,27 @@ def test_every_offline_readme_command_runs_shortened(command, tmp_path):
     script, overrides, _ = split(command)
     if script == "sample":
         cfg = shrink_sample(compose_sample(*overrides, output_dir=tmp_path))
-        assert sample_images(cfg).is_file()
+        written = sample_images(cfg)
+        if cfg.get("plot") == "schedules":
+            assert written == tmp_path / "schedules.png" and written.is_file()
+            return
+        expected = {"grid.png", "progression.png", "images"}
+        if cfg.guidance is not None:  # the same noise unguided, side by side with the guided
+            expected |= {"grid_unguided.png", "comparison.png"}
+        assert expected <= {p.name for p in tmp_path.iterdir()}
+        assert len(list((tmp_path / "images").glob("*.png"))) == cfg.num_images
         return
     cfg = shrink(compose_train(*overrides, output_dir=tmp_path), steps=2)
     with open_dict(cfg):
         if cfg.get("callbacks") and cfg.callbacks.get("kid"):
             cfg.callbacks.kid.update(num_samples=8, num_inference_steps=2)
-    train(cfg)
+    metrics = train(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "pipeline" / "model_index.json").is_file()
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/loss"])
+    if cfg.get("callbacks") and cfg.callbacks.get("kid"):
+        features = cfg.callbacks.kid.features
+        assert math.isfinite(metrics[f"val/kid_{features}"])
 
 
 def compose_demo(*overrides: str, output_dir) -> DictConfig:
