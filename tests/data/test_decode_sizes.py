@@ -58,12 +58,19 @@ def test_640x427_jpegs_decode_at_the_articles_sizes(size):
         assert isinstance(out, torch.Tensor) and out.shape == (3, size, size), (w, h, out)
 
 
-def test_random_crops_stay_inside_the_image():
+def test_random_crops_stay_inside_the_image_and_move():
+    """Red ramps 0..255 across the 640 px: a 427 px square from x = L has mean red
+    (L + 213) / 639 * 255, from 85 (L = 0) to 170 (L = 213); the green ramp is the full height."""
     data = photo(640, 427, "PNG")
     torch.manual_seed(0)
+    reds = []
     for _ in range(50):
         out = decode_image(data, 64, random_crop=True)
         assert isinstance(out, torch.Tensor) and out.shape == (3, 64, 64)
+        red, green = ((out[:2].mean(dim=(1, 2)) + 1) * 127.5).tolist()
+        assert 85 - 1.5 <= red <= 170 + 1.5 and abs(green - 127.5) < 1.5
+        reds.append(red)
+    assert max(reds) - min(reds) > 40  # the crops really move, not always the centre
 
 
 @pytest.mark.slow
