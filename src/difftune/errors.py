@@ -1,6 +1,7 @@
 """The one exception type a user sees as a single line (bad config, unloadable model or data)."""
 
-from numbers import Integral
+import math
+from numbers import Integral, Real
 
 
 class DifftuneError(Exception):
@@ -10,6 +11,11 @@ class DifftuneError(Exception):
 def is_int_at_least(value: object, minimum: int) -> bool:
     """An integer (not a bool) >= `minimum`: the one integer test of every config check."""
     return isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def is_number(value: object) -> bool:
+    """A finite real number (not a bool): the one float test of every config check."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def require_int(key: str, value: object, minimum: int, allow_none: bool = False) -> None:

@@ -61,6 +61,45 @@ def test_train_rejects_a_bad_value_in_one_line_before_the_unet_loads(
 
 
 @pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' must be an integer >= 1, or -1 for "
+         "no limit"),
+        ("trainer.max_epochs=0 trainer.max_steps=-1", "trainer.max_epochs=0 would export the "
+         "model untrained; use a number of epochs >= 1 (or -1: no limit)"),
+        ("trainer.max_steps=2.5", "trainer.max_steps=2.5 must be an integer >= 1, or -1 for no "
+         "limit"),
+        ("trainer.max_time=00:00:00:00 trainer.max_steps=-1", "trainer.max_time=00:00:00:00 "
+         "would export the model untrained; use e.g. 00:12:00:00"),
+        ("trainer.val_check_interval=0", "trainer.val_check_interval=0 must be a number of steps "
+         ">= 1, or a share of an epoch in (0, 1]"),
+        ("trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch=0 must be an "
+         "integer >= 1 or null"),
+        ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps=-1 must be an integer >= 1"),
+        ("trainer.devices=0", "trainer.devices=0 must be a number of devices >= 1, -1 (all), "
+         "auto, or a list of device ids"),
+        ("resume=maybe", "resume='maybe' must be true or false"),
+        ("model/lr_scheduler=cosine model.lr_scheduler.num_warmup_steps=-5",
+         "model.lr_scheduler.num_warmup_steps=-5 must be an integer >= 0"),
+        ("model.pretrained=null", "model.pretrained=None: this model loads its UNet from a "
+         "pipeline; pass one (model.pretrained=<hub id or dir>), or use model=scratch"),
+        ("ckpt_path=.", "ckpt_path=. is a directory; pass the path of a .ckpt file (e.g. "
+         "outputs/<run>/checkpoints/last.ckpt) or leave it null to start fresh"),
+        ("model.noise_offset=abc", "model.noise_offset=abc must be >= 0 (0.05-0.1 usual)"),
+        ("model.snr_gamma=abc", "model.snr_gamma=abc must be > 0 (5 is usual) or null"),
+        ("ema=default ema.decay=abc", "ema.decay=abc must be in (0, 1)"),
+        ("callbacks.sample_grid.num_images=0", "callbacks.sample_grid.num_images=0 must be >= 1"),
+    ],
+)  # fmt: skip
+def test_train_says_exactly_what_is_wrong_before_the_fit(overrides, message, tmp_path, capsys):
+    """Each of these used to reach the fit (a traceback, or a run that trained nothing) or to
+    say "'<' not supported between instances of 'str' and 'int'"."""
+    cfg = compose_train(*overrides.split(" "), output_dir=tmp_path)
+    assert one_line_exit_2(train, cfg, capsys) == f"error: {message}"
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
     "override, key_value",
     [
         ("seed=abc", "seed=abc"),

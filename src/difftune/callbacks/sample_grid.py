@@ -16,6 +16,7 @@ from difftune.callbacks.fixed_noise import check_cfg_scale, sample_fixed_noise
 from difftune.callbacks.grid_budget import CFG_COST, plan_grids
 from difftune.callbacks.periodic import EveryNSteps
 from difftune.core.ema import ema_unet
+from difftune.errors import is_int_at_least
 from difftune.guidance import Guidance
 from difftune.pictures.images import save_panels
 from difftune.pictures.plots import plot_progression
@@ -51,6 +52,8 @@ class SampleGrid(EveryNSteps):
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"callbacks.sample_grid.every_n_steps={every_n_steps} must be >= 1")
+        if not is_int_at_least(num_images, 1):
+            raise ValueError(f"callbacks.sample_grid.num_images={num_images!r} must be >= 1")
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self.num_images = num_images

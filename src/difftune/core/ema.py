@@ -6,6 +6,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import WeightAveraging
 
+from difftune.errors import is_number
+
 
 def ema_decay(step: int, max_decay: float, inv_gamma: float = 1.0, power: float = 2 / 3) -> float:
     """Warm-up decay 1 − (1 + step/γ)^−p, capped at `max_decay` (as diffusers' EMAModel)."""
@@ -32,7 +34,7 @@ class EMA(WeightAveraging):
         update_every_n_steps: int = 1,
         device: str | None = None,
     ) -> None:
-        if not 0.0 < decay < 1.0:
+        if not (is_number(decay) and 0.0 < decay < 1.0):
             raise ValueError(f"ema.decay={decay} must be in (0, 1)")
         super().__init__(device=device, use_buffers=True, multi_avg_fn=self._average)
         self.decay = decay

@@ -20,7 +20,7 @@ from difftune.core.conditioning import (
     null_label,
 )
 from difftune.core.prediction import check_prediction_type, min_snr_weights, training_target
-from difftune.errors import DifftuneError
+from difftune.errors import DifftuneError, is_number
 
 BATCHES_SEEN = "difftune_batches_seen"  # checkpoint key of the batch counter that seeds the noise
 
@@ -91,10 +91,10 @@ class DiffusionFineTuner(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.pretrained = pretrained
         self.seed = seed
-        if snr_gamma is not None and not snr_gamma > 0:
+        if snr_gamma is not None and not (is_number(snr_gamma) and snr_gamma > 0):
             raise DifftuneError(f"model.snr_gamma={snr_gamma} must be > 0 (5 is usual) or null")
         self.snr_gamma = snr_gamma
-        if not noise_offset >= 0:
+        if not (is_number(noise_offset) and noise_offset >= 0):
             raise DifftuneError(f"model.noise_offset={noise_offset} must be >= 0 (0.05-0.1 usual)")
         self.noise_offset = noise_offset
         self.batches_seen = 0  # training batches drawn so far, this run and the ones it resumes

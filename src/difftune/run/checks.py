@@ -14,6 +14,7 @@ from difftune.core.conditioning import check_conditioning
 from difftune.errors import DifftuneError, is_int_at_least
 from difftune.hub.pipelines import load_unet_config, unet_downsample_factor
 from difftune.run.preflight import check_hardware
+from difftune.run.trainer_keys import check_trainer_keys
 
 
 def _require(ok: bool, message: str) -> None:
@@ -43,6 +44,11 @@ def unet_config_of(model_cfg: DictConfig) -> dict[str, Any]:
     """The UNet's config: from `model.unet` when built from scratch, else `unet/config.json`."""
     if model_cfg.get("pretrained"):
         return load_unet_config(model_cfg.pretrained)
+    if str((model_cfg.get("unet") or {}).get("_target_", "")).endswith("load_unet"):
+        raise DifftuneError(
+            f"model.pretrained={model_cfg.get('pretrained')}: this model loads its UNet from a "
+            "pipeline; pass one (model.pretrained=<hub id or dir>), or use model=scratch"
+        )
     return dict(model_cfg.unet)
 
 
@@ -72,12 +78,7 @@ def check_train_config(cfg: DictConfig) -> None:
         isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,
         f"model.optimizer.lr={lr} must be a number > 0 and finite (fine-tuning uses ~1e-5)",
     )
-    max_steps = cfg.trainer.get("max_steps", -1)
-    _require(
-        max_steps != 0,
-        "trainer.max_steps=0 would export the model untrained; use a number of steps >= 1 "
-        "(or -1 to train for trainer.max_epochs)",
-    )
+    check_trainer_keys(cfg)
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     _require(
         is_int_at_least(accumulate, 1),
@@ -86,8 +87,10 @@ def check_train_config(cfg: DictConfig) -> None:
     ckpt_path = cfg.get("ckpt_path")
     _require(
         ckpt_path is None or Path(ckpt_path).is_file(),
-        f"ckpt_path={ckpt_path} does not exist; pass the path of a .ckpt file "
-        "(e.g. outputs/<run>/checkpoints/last.ckpt) or leave it null to start fresh",
+        f"ckpt_path={ckpt_path} "
+        f"{'is a directory' if ckpt_path and Path(ckpt_path).is_dir() else 'does not exist'}; "
+        "pass the path of a .ckpt file (e.g. outputs/<run>/checkpoints/last.ckpt) or leave it "
+        "null to start fresh",
     )
     _require(
         not cfg.get("push_to_hub") or bool(cfg.hub.get("repo_id")),
