@@ -1,6 +1,7 @@
 """A run never destroys another run's work: a used, claimed or unwritable run dir is refused."""
 
 import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -10,9 +11,12 @@ import pytest
 
 import difftune.run.train as train_module
 from difftune.errors import DifftuneError
+from difftune.run.job_checks import JOB_CHECKS
+from difftune.run.preflight import check_command_line
+from difftune.run.run_dir import LOCK
 from difftune.run.train import train
-from helpers.cli import CLI_RUN, one_line, run_train, start_train
-from helpers.compose import compose_train, quick
+from helpers.cli import CLI_RUN, one_line, run_cli, run_train, start_train
+from helpers.compose import CONF, compose_train, quick
 from helpers.faults import read_only
 from helpers.runs import UNET_WEIGHTS, step_of
 
@@ -126,3 +130,87 @@ def test_unwritable_locations_are_refused_before_training(case, tmp_path, monkey
         assert os.strerror(errno.EROFS) in message
     assert (tmp_path / "busy" / "notes.txt").read_text() == "someone's work"
     assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def job_check(*argv: str, script: str = "train") -> str:
+    """The one line `train.py` / `sample.py` would print for `argv`, before Hydra starts."""
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, script, list(argv), JOB_CHECKS[script])
+    return one_line(err)
+
+
+def test_a_held_run_dir_is_refused_before_hydra_writes_into_it(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LOCK).write_text("pid 4242 on node7\n")
+    with open(run_dir / LOCK) as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running run holds it
+        message = job_check(f"hydra.run.dir={run_dir}")
+    assert message == (
+        f"paths.output_dir={run_dir}: in use by a run that is still going (pid 4242 on node7); "
+        "write to another dir (hydra.run.dir=...) or wait until it ends"
+    )
+    check_command_line(CONF, "train", [f"hydra.run.dir={run_dir}"], JOB_CHECKS["train"])  # free
+
+
+def test_sample_py_refuses_a_dir_that_holds_files(tmp_path):
+    (tmp_path / "grid.png").write_bytes(b"an earlier run's grid")
+    assert job_check(f"hydra.run.dir={tmp_path}", script="sample") == (
+        f"hydra.run.dir={tmp_path} already holds files (grid.png), which this run would "
+        "overwrite; pass a new directory"
+    )
+    check_command_line(CONF, "sample", [f"hydra.run.dir={tmp_path / 'new'}"], JOB_CHECKS["sample"])
+
+
+@pytest.mark.parametrize(
+    ("script", "sweep", "message"),
+    [
+        ("train", "model.optimizer.lr=1e-4,-1", "model.optimizer.lr=-1 must be a number > 0"),
+        ("train", "trainer.max_steps=2,abc", "trainer.max_steps='abc' must be an integer >= 1"),
+        ("sample", "num_images=1,0", "num_images=0 must be an integer >= 1"),
+    ],
+)
+def test_a_sweep_with_one_bad_job_fails_before_any_job_runs(script, sweep, message, tmp_path):
+    """It used to train the jobs before the bad one, then fail that one with a traceback."""
+    line = job_check("-m", sweep, f"hydra.sweep.dir={tmp_path / 'sweep'}", script=script)
+    assert line.startswith(message), line
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("hardware=1", "hardware=1: no such option; valid: cpu, ddp_cpu, gpu, multi_gpu, slurm"),
+        ("=5", "=5: an override needs a key (key=value)"),
+    ],
+)
+def test_a_group_given_a_number_or_no_key_is_one_line(override, message, tmp_path):
+    assert job_check(override, f"hydra.run.dir={tmp_path / 'run'}") == message
+
+
+@pytest.mark.slow
+def test_refused_command_lines_leave_the_runs_files_as_they_were(tmp_path):
+    """Hydra writes .hydra/ before the job starts: a refused run used to overwrite the run's
+    config there (and sample.py its grids), so `difftune.hub.export` could not rebuild it."""
+    run_dir = tmp_path / "run"
+    first = run_train(run_dir, *CLI_RUN, "trainer.max_steps=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".log"}
+    assert run_dir / ".hydra" / "config.yaml" in before
+
+    fresh = run_train(run_dir, *CLI_RUN, "trainer.max_steps=2", "model.optimizer.lr=1e-3")
+    assert fresh.returncode == 2
+    assert (
+        fresh.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: paths.output_dir={run_dir} already holds a run's work")
+    )
+    sampled = run_cli("num_images=1", f"hydra.run.dir={run_dir}", script="sample.py")
+    assert sampled.returncode == 2
+    assert (
+        sampled.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: hydra.run.dir={run_dir} already holds files")
+    )
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".log"}
+    assert after == before

@@ -86,8 +86,10 @@ def preflight(config_dir: Path, config_name: str, argv: list[str]) -> None:
     """Check every job of the command line before Hydra starts; a bad one exits 2 in one line."""
     if "LOCAL_RANK" in os.environ and os.environ.get("LOCAL_RANK") != "0":
         return  # a DDP rank that Lightning started: rank 0 checked the same command line
+    from difftune.run.job_checks import JOB_CHECKS
+
     try:
-        check_command_line(config_dir, config_name, argv)
+        check_command_line(config_dir, config_name, argv, JOB_CHECKS.get(config_name))
     except DifftuneError as err:
         if full_trace():
             raise

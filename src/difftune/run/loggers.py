@@ -26,12 +26,17 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def _inside(path: Path, run_dir: str | None) -> bool:
+    """`path` is the run dir or under it (whose own check names paths.output_dir)."""
+    return run_dir is not None and path.absolute().is_relative_to(Path(run_dir).absolute())
+
+
 def check_loggers(cfg: DictConfig) -> None:
     """One line, before anything heavy, for a logger that cannot start."""
     loggers = cfg.get("logger") or {}
     for name, node in loggers.items():
         save_dir = node.get("save_dir") if node else None
-        if save_dir is not None:
+        if save_dir is not None and not _inside(Path(save_dir), cfg.paths.get("output_dir")):
             check_writable(f"logger.{name}.save_dir", save_dir, Path(save_dir))
     wandb = loggers.get("wandb")
     offline = os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from difftune.errors import DifftuneError
@@ -133,8 +134,38 @@ def check_output_dir(cfg: DictConfig, multirun: bool) -> None:
         )
 
 
-def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> None:
-    """Compose the config for every job of `argv` (sweeps expanded); raise a one-line error."""
+def job_dir(cfg: DictConfig, multirun: bool, num: int) -> tuple[Path, str]:
+    """Where job `num` writes, and the key that says so."""
+    if not multirun:
+        return Path(str(cfg.hydra.run.dir)).expanduser(), "hydra.run.dir"
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.job.num = num
+    path = Path(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir))
+    return path.expanduser(), "hydra.sweep.dir"
+
+
+def group_value_hint(parsed: list[Override], config_dir: Path) -> str | None:
+    """One line for a config group given a number (`hardware=1`) or an override with no key."""
+    for override in parsed:
+        key = override.get_key_element().lstrip("+~")
+        if not key:
+            return f"{override.input_line}: an override needs a key (key=value)"
+        group = config_dir / key
+        if group.is_dir() and not isinstance(override.value(), str | list):
+            options = sorted(p.stem for p in group.glob("*.yaml") if not p.stem.startswith("_"))
+            return f"{override.input_line}: no such option; valid: {', '.join(options)}"
+    return None
+
+
+def check_command_line(
+    config_dir: Path,
+    config_name: str,
+    argv: list[str],
+    check_job: Callable[[DictConfig, Path, str], None] | None = None,
+) -> None:
+    """Compose the config for every job of `argv` (sweeps expanded); raise a one-line error.
+
+    `check_job(cfg, job_dir, key)` then checks each composed job and where it would write."""
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
@@ -150,7 +181,7 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
     previous = HydraConfig.instance().cfg  # restored after: the checks leave no Hydra state
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            for overrides in jobs:
+            for num, overrides in enumerate(jobs):
                 cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
                 HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the job's keys
                 multirun = (
@@ -161,6 +192,13 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
                 check_output_dir(cfg, multirun)
                 if "trainer" in cfg:
                     check_hardware(cfg, multirun=multirun)
+                if check_job is not None:
+                    check_job(cfg, *job_dir(cfg, multirun, num))
+    except ValueError:  # e.g. Hydra's "Config group override must be a string"
+        hint = group_value_hint(parsed, config_dir)
+        if hint is None:
+            raise
+        raise DifftuneError(hint) from None
     except (ConfigCompositionException, MissingConfigException, OmegaConfBaseException) as err:
         raise DifftuneError(_one_line(err, list(args.overrides), config_name)) from None
     except HydraException as err:

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -67,12 +68,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            raise DifftuneError(
-                f"paths.output_dir={run_dir}: in use by a run that is still going ({holder}); "
-                "write to another dir (hydra.run.dir=...) or wait until it ends"
-            ) from None
+            raise DifftuneError(_in_use(run_dir, lock)) from None
         except OSError as err:
             if err.errno not in NO_FLOCK:
                 raise
@@ -81,6 +77,28 @@ def _locked(run_dir: Path) -> Iterator[None]:
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
         yield  # closing the file drops the lock
+
+
+def _in_use(run_dir: Path, lock: IO[str]) -> str:
+    lock.seek(0)
+    holder = lock.read().strip() or "another process"
+    return (
+        f"paths.output_dir={run_dir}: in use by a run that is still going ({holder}); "
+        "write to another dir (hydra.run.dir=...) or wait until it ends"
+    )
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """Refuse a run dir whose lock a running run holds (the lock is let go at once)."""
+    if not (run_dir / LOCK).is_file():
+        return
+    with open(run_dir / LOCK) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DifftuneError(_in_use(run_dir, lock)) from None
+        except OSError:
+            return  # no flock on this file system: the run's own claim says so
 
 
 def reuse_refusal(cfg: DictConfig, run_dir: Path) -> str | None:

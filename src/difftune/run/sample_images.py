@@ -39,7 +39,7 @@ def make_scheduler(cfg: DictConfig) -> Any:
     return scheduler
 
 
-def _check(cfg: DictConfig) -> None:
+def check_sample_config(cfg: DictConfig) -> None:
     """The keys only `sample.py` has; the scheduler and the guidance check their own."""
     for key in ("num_images", "batch_size", "progression_every"):
         require_int(key, cfg.get(key), 1)
@@ -104,7 +104,7 @@ def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None
     every class from the same noises, one grid row per class; `cfg_scale` adds classifier-free
     guidance (Ho & Salimans 2022).
     """
-    _check(cfg)
+    check_sample_config(cfg)
     out = Path(cfg.paths.output_dir)
     if cfg.get("plot") == "schedules":
         alphas_cumprod = load_noise_scheduler(cfg.pretrained, key="pretrained").alphas_cumprod
