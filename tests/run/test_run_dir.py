@@ -132,6 +132,19 @@ def test_unwritable_locations_are_refused_before_training(case, tmp_path, monkey
     assert (tmp_path / "file").read_text() == "not a directory"
 
 
+def test_an_export_into_another_runs_dir_is_refused(tmp_path):
+    victim = tmp_path / "victim"
+    train(quick(victim))
+    exported = (victim / "pipeline" / UNET_WEIGHTS).read_bytes()
+    with pytest.raises(DifftuneError) as err:
+        train(quick(tmp_path / "mine", f"export_dir={victim / 'pipeline'}"))
+    assert one_line(err) == (
+        f"export_dir={victim / 'pipeline'}: inside another run's dir ({victim}), whose pipeline "
+        "it would replace; pass a path outside it"
+    )
+    assert (victim / "pipeline" / UNET_WEIGHTS).read_bytes() == exported
+
+
 def job_check(*argv: str, script: str = "train") -> str:
     """The one line `train.py` / `sample.py` would print for `argv`, before Hydra starts."""
     with pytest.raises(DifftuneError) as err:

@@ -39,6 +39,7 @@ def claim_run_dir(cfg: DictConfig) -> Iterator[None]:
     check_writable("paths.output_dir", run_dir, run_dir)
     if cfg.get("export_dir"):
         check_export_dir(Path(cfg.export_dir))
+        check_not_another_runs(Path(cfg.export_dir), run_dir)
     with _locked(run_dir):
         refusal = reuse_refusal(cfg, run_dir)
         if refusal is not None:
@@ -58,6 +59,16 @@ def check_export_dir(export_dir: Path) -> None:
         raise DifftuneError(
             f"export_dir={export_dir}: a directory that is not a pipeline ({len(entries)} "
             f"entries, e.g. {entries[0]}), which the export would replace; pass a new directory"
+        )
+
+
+def check_not_another_runs(export_dir: Path, run_dir: Path) -> None:
+    """An export into another run's dir would replace that run's pipeline: refused."""
+    owner = export_dir.absolute().parent
+    if (owner / LOCK).is_file() and owner.resolve() != run_dir.resolve():
+        raise DifftuneError(
+            f"export_dir={export_dir}: inside another run's dir ({owner}), whose pipeline it "
+            "would replace; pass a path outside it"
         )
 
 
