@@ -51,7 +51,7 @@ def test_all_corrupt_folder_fails_at_setup(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"")
     (tmp_path / "b.png").write_text("not a png")
     dm = ImageDataModule(source="imagefolder", data_dir=str(tmp_path))
-    said = r"no decodable image in .* \(1 training images tried: .*; 1 more held out"
+    said = r"^data.data_dir=.*: no decodable image \(1 training images tried: .*; 1 more held out"
     with pytest.raises(DifftuneError, match=said):
         dm.setup("fit")
 
@@ -65,7 +65,7 @@ def test_a_folder_whose_only_decodable_image_is_held_out_fails_at_setup(tmp_path
     with pytest.raises(DifftuneError) as err:
         dm.setup("fit")
     assert str(err.value) == (
-        f"no decodable image in {tmp_path} (4 training images tried: 4 unreadable; "
+        f"data.data_dir={tmp_path}: no decodable image (4 training images tried: 4 unreadable; "
         "4 more held out for validation (data.val_size))"
     )
 

@@ -117,7 +117,9 @@ def test_hub_model_offline_is_one_line_and_exit_status_2(tmp_path):
     assert "set HF_HUB_OFFLINE=1 to" not in error_lines[0]
 
 
-def test_dataset_without_decodable_images_fails_before_training(tmp_path, tiny_pipeline_dir):
+def test_dataset_without_decodable_images_fails_before_training(
+    tmp_path, tiny_pipeline_dir, monkeypatch
+):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.jpg").write_bytes(b"")
@@ -126,9 +128,15 @@ def test_dataset_without_decodable_images_fails_before_training(tmp_path, tiny_p
         f"model.pretrained={tiny_pipeline_dir}", "data=imagefolder", f"data.data_dir={broken}",
         output_dir=tmp_path,
     )  # fmt: skip
-    with pytest.raises(DifftuneError, match="no decodable image"):
+    loaded = []
+    monkeypatch.setattr(pipeline_io, "load_unet", lambda *a, **k: loaded.append(a))
+    with pytest.raises(DifftuneError) as err:
         train(shrink(cfg))
-    assert not (tmp_path / "checkpoints").exists()
+    assert str(err.value) == (
+        f"data.data_dir={broken}: no decodable image (1 training images tried: 1 unreadable; "
+        "1 more held out for validation (data.val_size))"
+    )
+    assert not loaded and not (tmp_path / "checkpoints").exists()  # before the UNet loads
 
 
 @pytest.mark.slow

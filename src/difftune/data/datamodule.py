@@ -4,6 +4,7 @@ with "labels" (class ids) when `data.label_column` is set."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -189,12 +190,29 @@ class ImageDataModule(pl.LightningDataModule):
             if isinstance(item, torch.Tensor):
                 return
             reasons[item.reason] += 1
-        where = self.dataset_name if self.source == "hf" else self.data_dir
+        key, where = (
+            ("data.dataset_name", self.dataset_name)
+            if self.source == "hf"
+            else ("data.data_dir", self.data_dir)
+        )
         found = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
         also = f"; {held} more held out for validation (data.val_size)" if held else ""
         raise DifftuneError(
-            f"no decodable image in {where} ({len(train_idx)} training images tried: {found}{also})"
+            f"{key}={where}: no decodable image ({len(train_idx)} training images tried: "
+            f"{found}{also})"
         )
+
+    def check_source(self) -> None:
+        """An image folder holds image files and a decodable training image: checked before the
+        model loads (`setup` checks it again, at no cost: the listing is kept)."""
+        if self.source != "imagefolder":
+            return  # a hub dataset is downloaded by `prepare_data`, on one rank
+        records = self._load_records()
+        n = min(len(records), self.max_images or len(records))
+        with warnings.catch_warnings():  # `setup` says what the split holds out, once
+            warnings.simplefilter("ignore")
+            train_idx, val_idx = split_indices(n, self.val_size, self.seed)
+        self._check_decodable(records, train_idx, len(val_idx))
 
     def setup(self, stage: str | None = None) -> None:
         """Build the train/val datasets (idempotent)."""

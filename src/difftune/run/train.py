@@ -77,6 +77,7 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_optimizer(cfg.model.optimizer)
     datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.check_source()
     module = build_module(cfg.model, datamodule)
     log_config(loggers, cfg)
     return datamodule, module, trainer
