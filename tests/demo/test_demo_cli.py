@@ -33,6 +33,11 @@ def test_a_busy_port_is_one_line(tmp_path):
     "override, message",
     [
         ("stream_every=0", "error: stream_every=0 must be an integer >= 1\n"),
+        ("port=99999", "error: port=99999 must be an integer in 1..65535\n"),
+        (
+            "page.scheduler=euler",
+            "error: page.scheduler=euler is not one of ddim, ddpm, dpm_solver\n",
+        ),
         ("prot=7860", "error: prot=7860: no such key"),
     ],
 )

@@ -30,6 +30,8 @@ def shown_large(picture: Image.Image, width: int = DISPLAY_WIDTH) -> Image.Image
 def build_demo(cfg: DictConfig, config_dir: Path) -> gr.Blocks:
     """The page for `cfg` (conf/demo.yaml); `config_dir` holds `sample.yaml`."""
     runs = itertools.count()
+    start = cfg.page  # the controls' starting values (`check_demo_config` checked them)
+    prompt = "" if start.prompt is None else str(start.prompt)  # page.prompt=1984 is text too
     out_root = Path(cfg.paths.output_dir) / "samples"
 
     def sample(*values: Any) -> Iterator[tuple[Any, ...]]:
@@ -63,22 +65,22 @@ def build_demo(cfg: DictConfig, config_dir: Path) -> gr.Blocks:
                 inputs = [
                     gr.Textbox(cfg.pretrained, label="pipeline (hub id, local dir or run dir)",
                                elem_id="pretrained"),
-                    gr.Radio(list(GUIDANCES), value=cfg.guidance, label="guidance",
+                    gr.Radio(list(GUIDANCES), value=start.guidance, label="guidance",
                              elem_id="guidance"),
-                    gr.ColorPicker(cfg.colour, label="target colour", elem_id="colour"),
-                    gr.Textbox(cfg.prompt, label="CLIP prompt", elem_id="prompt"),
-                    gr.Textbox(str(cfg.scale), label="guidance scale", elem_id="scale"),
-                    gr.Checkbox(cfg.through_unet, label="gradient through the UNet",
+                    gr.ColorPicker(start.colour, label="target colour", elem_id="colour"),
+                    gr.Textbox(prompt, label="CLIP prompt", elem_id="prompt"),
+                    gr.Textbox(str(start.scale), label="guidance scale", elem_id="scale"),
+                    gr.Checkbox(start.through_unet, label="gradient through the UNet",
                                 elem_id="through_unet"),
-                    gr.Dropdown(list(SCHEDULES), value=cfg.schedule, label="guidance schedule",
+                    gr.Dropdown(list(SCHEDULES), value=start.schedule, label="guidance schedule",
                                 elem_id="schedule"),
-                    gr.Dropdown(list(SCHEDULERS), value=cfg.scheduler, label="scheduler",
+                    gr.Dropdown(list(SCHEDULERS), value=start.scheduler, label="scheduler",
                                 elem_id="scheduler"),
-                    gr.Slider(1, cfg.max_steps, value=cfg.num_inference_steps, step=1,
+                    gr.Slider(1, cfg.max_steps, value=start.num_inference_steps, step=1,
                               label="steps", elem_id="steps"),
-                    gr.Slider(1, cfg.max_images, value=cfg.num_images, step=1,
+                    gr.Slider(1, cfg.max_images, value=start.num_images, step=1,
                               label="number of images", elem_id="num_images"),
-                    gr.Number(cfg.seed, precision=0, label="seed", elem_id="seed"),
+                    gr.Number(start.seed, precision=0, label="seed", elem_id="seed"),
                     gr.Textbox("", label="class label (conditional pipelines; empty: every "
                                "class)", elem_id="class_label"),
                     gr.Textbox("", label="CFG scale (empty: none)", elem_id="cfg_scale"),

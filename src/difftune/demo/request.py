@@ -97,7 +97,7 @@ class PageRequest:
         scheduler = _choice("scheduler", self.scheduler, SCHEDULERS)
         steps = parse_int("steps", self.steps, 1, max_steps)
         count = parse_int("number of images", self.num_images, 1, max_images)
-        seed = parse_int("seed", self.seed, 0, 2**31 - 1)
+        seed = parse_int("seed", self.seed, 0, 2**32 - 1)  # as sample.py's check_seed
         out = [f"pretrained={_hydra_string(pretrained)}", f"scheduler={scheduler}",
                f"num_inference_steps={steps}", f"num_images={count}", f"batch_size={count}",
                f"seed={seed}"]  # fmt: skip

@@ -36,6 +36,10 @@ MOVED = {
     "on_nonfinite": "callbacks.nonfinite.on_nonfinite",
     "max_consecutive_nonfinite": "callbacks.nonfinite.max_consecutive",
 }
+#: demo.py's starting values of the page, which moved under `page.` (`scheduler=` and
+#: `guidance=` are config groups in the shared conf dir, so the old keys could not be set)
+PAGE_KEYS = ("guidance", "colour", "prompt", "scale", "through_unet", "schedule", "scheduler",
+             "num_inference_steps", "num_images", "seed")  # fmt: skip
 SUBMITIT_HINT = "pip install hydra-submitit-launcher (it is in difftune's dependencies)"
 
 
@@ -90,8 +94,9 @@ def _one_line(err: Exception, override_strings: list[str], config_name: str) -> 
     if unknown:
         key = unknown.group(1)
         given = next((o for o in override_strings if o.split("=", 1)[0].lstrip("+~") == key), key)
-        if key in MOVED:
-            return f"{given}: this key moved; use {MOVED[key]}={given.partition('=')[2]}"
+        moved = {k: f"page.{k}" for k in PAGE_KEYS} if config_name == "demo" else MOVED
+        if key in moved:
+            return f"{given}: this key moved; use {moved[key]}={given.partition('=')[2]}"
         return (
             f"{given}: no such key; '+{given}' adds a new one, and "
             f"`python {config_name}.py --cfg job` lists the keys there are"
