@@ -89,6 +89,8 @@ def test_train_rejects_a_bad_value_in_one_line_before_the_unet_loads(
         ("model.snr_gamma=abc", "model.snr_gamma=abc must be > 0 (5 is usual) or null"),
         ("ema=default ema.decay=abc", "ema.decay=abc must be in (0, 1)"),
         ("callbacks.sample_grid.num_images=0", "callbacks.sample_grid.num_images=0 must be >= 1"),
+        ("model.optimizer._target_=torch.optim.Nope", "model.optimizer._target_=torch.optim.Nope:"
+         " Hydra cannot import it; check the module path and the name's spelling"),
     ],
 )  # fmt: skip
 def test_train_says_exactly_what_is_wrong_before_the_fit(overrides, message, tmp_path, capsys):

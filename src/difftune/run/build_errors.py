@@ -103,6 +103,14 @@ def config_error(
 ) -> DifftuneError | None:
     """One line for a library's rejection of a config value during instantiation, else None."""
     wrapper = next((e for e in _chain(err) if isinstance(e, InstantiationException)), None)
+    located = re.match(r"Error locating target '([^']+)'", str(wrapper or ""))
+    if located and isinstance(cfg, DictConfig):
+        found = re.search(r"full_key: (\S+)\s*$", str(wrapper))
+        key = f"{_source(cfg, found.group(1))}._target_" if found else "_target_"
+        return DifftuneError(
+            f"{key}={located.group(1)}: Hydra cannot import it; check the module path and the "
+            "name's spelling"
+        )
     library_error = wrapper is not None and isinstance(wrapper.__cause__, library_errors())
     if not library_error or not isinstance(cfg, DictConfig):
         return None

@@ -64,6 +64,14 @@ def check_image_size(
     )
 
 
+def check_optimizer(optimizer_cfg: DictConfig) -> None:
+    """Build the optimizer once on a stand-in parameter, so torch checks its arguments now."""
+    import hydra
+
+    stand_in = [torch.nn.Parameter(torch.zeros(1))]
+    hydra.utils.instantiate(optimizer_cfg, params=stand_in, _partial_=False)
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Cheap checks of the composed config; the UNet is looked at through its config.json only."""
     from difftune.run.loggers import check_loggers  # here: sample.py's checks need no Lightning
@@ -111,6 +119,7 @@ def check_train_config(cfg: DictConfig) -> None:
             "use hardware=cpu (32-true) unless you are measuring it",
             stacklevel=2,
         )
+    check_optimizer(cfg.model.optimizer)
     unet_config = unet_config_of(cfg.model)
     check_image_size(cfg.data.get("image_size"), unet_config)
     labelled = [] if cfg.data.get("label_column") else None  # the names come with the data

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict, read_write
 
 from difftune.errors import DifftuneError
+from difftune.run.build_errors import config_error
 from difftune.run.disk import check_writable
 from difftune.run.run_dir import check_not_in_use, reuse_refusal
 
@@ -37,7 +38,14 @@ def check_train_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
             raise DifftuneError(refusal)
     with warnings.catch_warnings():  # the job itself warns, once
         warnings.simplefilter("ignore")
-        check_train_config(cfg)
+        try:
+            check_train_config(cfg)
+        except DifftuneError:
+            raise
+        except Exception as err:  # a library rejected a value: its one line, where there is
+            cause = config_error(err, cfg)  # one; else the job meets it again, inside the entry
+            if cause is not None:  # point's boundary
+                raise cause from None
 
 
 def check_sample_job(cfg: DictConfig, job_dir: Path, key: str) -> None:

@@ -75,7 +75,6 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = instantiate_all(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    check_optimizer(cfg.model.optimizer)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check_source()
     module = build_module(cfg.model, datamodule)
@@ -94,9 +93,3 @@ def instantiate_all(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
     return [hydra.utils.instantiate(node) for node in cfg.values() if node is not None]
-
-
-def check_optimizer(optimizer_cfg: DictConfig) -> None:
-    """Build the optimizer once on a stand-in parameter, so torch checks its arguments now."""
-    stand_in = [torch.nn.Parameter(torch.zeros(1))]
-    hydra.utils.instantiate(optimizer_cfg, params=stand_in, _partial_=False)
