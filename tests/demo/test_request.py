@@ -110,6 +110,13 @@ def test_a_conditional_pipeline_samples_a_class_with_cfg_from_the_page(tmp_path)
     assert final.error is None and final.unguided is None  # no loss guidance: one grid
     images = sorted(p.name for p in (tmp_path / "out" / "images").iterdir())
     assert images == ["vintage_0000.png", "vintage_0001.png"]
+    plain = overrides(pretrained=str(pipeline), guidance="none", class_label="vintage",
+                      cfg_scale="1", steps=4, num_images=2)  # fmt: skip
+    cfg = compose_sample(CONF, [*plain, f"paths.output_dir={tmp_path / 'plain'}"])
+    assert list(run_job(cfg, command(plain), every=2))[-1].error is None
+    for name in images:  # the scale reached the sampler: CFG 3 is not the conditional model
+        guided = Image.open(tmp_path / "out" / "images" / name).tobytes()
+        assert guided != Image.open(tmp_path / "plain" / "images" / name).tobytes()
     wrong = overrides(pretrained=str(pipeline), guidance="none", class_label="sepia")
     cfg = compose_sample(CONF, [*wrong, f"paths.output_dir={tmp_path / 'wrong'}"])
     (update,) = list(run_job(cfg, command(wrong), every=2))

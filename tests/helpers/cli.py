@@ -31,9 +31,12 @@ SHRINK_CLI = [  # the embedded default, 4 steps, cheap grids
 ]  # fmt: skip
 
 
-def run_cli(*args: str, script: str = "train.py") -> subprocess.CompletedProcess:
-    """`python <script> <args>` from the repo root, Hydra's short errors, one thread."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
+def run_cli(
+    *args: str, script: str = "train.py", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python <script> <args>` from the repo root, Hydra's short errors, one thread; `env`
+    adds to the environment."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0", **(env or {}))
     return subprocess.run(
         [sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True
     )

@@ -36,6 +36,15 @@ class KillAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class RankLosses(Callback):
+    """Each rank's own training loss per step, to `<run dir>/losses_rank<r>.txt` (step, loss)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        path = Path(trainer.default_root_dir) / f"losses_rank{trainer.global_rank}.txt"
+        with open(path, "a") as f:
+            f.write(f"{trainer.global_step - 1} {float(outputs['loss'])!r}\n")
+
+
 class BlockAt(Callback):
     """At optimizer step `step`: print `BLOCKED` on stdout, then wait for a signal (SIGKILL)."""
 

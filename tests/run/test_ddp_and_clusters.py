@@ -18,7 +18,9 @@ from helpers.runs import summary_rows, unet_weights
 
 @pytest.mark.slow
 def test_ddp_cpu_two_processes_write_one_run(tmp_path):
-    result = run_cli("hardware=ddp_cpu", *SHRINK_CLI, f"hydra.run.dir={tmp_path}")
+    losses = "+callbacks.rank_losses._target_=helpers.faults.RankLosses"
+    env = {"PYTHONPATH": str(ROOT / "tests")}  # the ranks import helpers.faults
+    result = run_cli("hardware=ddp_cpu", *SHRINK_CLI, losses, f"hydra.run.dir={tmp_path}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "train.log").read_text()
     assert "effective batch 32 (world size 2)" in log
@@ -28,6 +30,14 @@ def test_ddp_cpu_two_processes_write_one_run(tmp_path):
     with open(tmp_path / "metrics.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert steps == [0, 1, 2, 3]  # one row per step: rank 0 logs the loss reduced over ranks
+    with open(tmp_path / "metrics.csv") as f:
+        logged = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f)
+                  if r.get("train/loss")}  # fmt: skip
+    ranks = [dict(line.split() for line in (tmp_path / f"losses_rank{r}.txt").read_text()
+                  .splitlines()) for r in (0, 1)]  # fmt: skip
+    for step, loss in logged.items():
+        own = [float(rank[str(step)]) for rank in ranks]
+        assert own[0] != own[1] and loss == pytest.approx(sum(own) / 2, rel=1e-6)
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
         "step_000000.png", "step_000004.png"
     ]  # fmt: skip
