@@ -177,3 +177,14 @@ def test_a_checkpoint_of_another_architecture_is_one_clear_error(tmp_path):
     message = str(err.value)
     assert "a checkpoint of another architecture" in message and "\n" not in message
     assert "e.g. unet.conv_in.weight is (32, 3, 3, 3) there, (64, 3, 3, 3) here" in message
+
+
+def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path):
+    fake = tmp_path / "fake.ckpt"
+    fake.write_text("x\n")
+    with pytest.raises(DifftuneError) as err:
+        train(shrink(compose_train(f"ckpt_path={fake}", output_dir=tmp_path / "run"), steps=1))
+    assert str(err.value) == (
+        f"ckpt_path={fake}: not a checkpoint (torch.save writes a zip archive, and this file is "
+        "not one); pass a .ckpt that train.py wrote, e.g. outputs/<run>/checkpoints/last.ckpt"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,15 @@ def state_dict_mismatch(
 def check_checkpoint_matches(ckpt_path: _PATH, module: torch.nn.Module) -> None:
     """A checkpoint of another architecture is one clear error, not a partial load; one whose
     optimizer settings differ from the module's gets a warning (resuming restores them)."""
+    if not zipfile.is_zipfile(ckpt_path):
+        raise DifftuneError(
+            f"ckpt_path={ckpt_path}: not a checkpoint (torch.save writes a zip archive, and this "
+            "file is not one); pass a .ckpt that train.py wrote, e.g. "
+            "outputs/<run>/checkpoints/last.ckpt"
+        )
     try:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # any unreadable file: the same one line
+    except Exception as err:  # any other unreadable file: the same one line
         raise DifftuneError(
             f"ckpt_path={ckpt_path}: not a loadable checkpoint ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''})"
