@@ -15,23 +15,28 @@ from helpers.runs import summary_rows
 
 @pytest.mark.slow
 def test_multirun_runs_every_job_and_records_a_failed_one_in_the_summary(tmp_path):
-    result = run_cli("-m", "model.optimizer.lr=-1,1e-4", *SHRINK_CLI, f"hydra.sweep.dir={tmp_path}")
+    """A job that fails while it runs (a bad value fails the sweep before any job starts:
+    tests/run/test_run_dir.py): the others still run, and the summary says which failed."""
+    fake = tmp_path / "fake.ckpt"  # exists, so the up-front checks let it through
+    fake.write_text("not a checkpoint\n")
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", f"ckpt_path={fake},null", *SHRINK_CLI, f"hydra.sweep.dir={sweep}")
     assert result.returncode != 0  # Hydra reports the failed job at the end
-    assert "error: model.optimizer.lr=-1 must be a number > 0" in result.stderr
+    assert f"error: ckpt_path={fake}: not a checkpoint" in result.stderr
 
-    rows = summary_rows(tmp_path)
+    rows = summary_rows(sweep)
     assert [r["job"] for r in rows] == ["0", "1"]
-    assert rows[0]["status"].startswith("failed: DifftuneError: model.optimizer.lr=-1")
-    assert "model.optimizer.lr=-1" in rows[0]["overrides"] and rows[0]["train/loss"] == ""
+    assert rows[0]["status"].startswith(f"failed: DifftuneError: ckpt_path={fake}: not a")
+    assert f"ckpt_path={fake}" in rows[0]["overrides"] and rows[0]["train/loss"] == ""
     assert rows[1]["status"] == "completed"  # the job after the failed one still ran
-    assert "model.optimizer.lr=0.0001" in rows[1]["overrides"]
+    assert "ckpt_path=null" in rows[1]["overrides"]
     assert 0 < float(rows[1]["train/loss"]) < 1 and 0 < float(rows[1]["val/loss"]) < 1
-    assert float(rows[1]["wall_s"]) > 0 and Path(rows[1]["path"]) == tmp_path / "1"
-    assert (tmp_path / "1" / "pipeline" / "model_index.json").is_file()
-    final = json.loads((tmp_path / "1" / "final_metrics.json").read_text())
+    assert float(rows[1]["wall_s"]) > 0 and Path(rows[1]["path"]) == sweep / "1"
+    assert (sweep / "1" / "pipeline" / "model_index.json").is_file()
+    final = json.loads((sweep / "1" / "final_metrics.json").read_text())
     assert float(rows[1]["train/loss"]) == pytest.approx(final["train/loss"])
 
-    markdown = (tmp_path / "summary.md").read_text().splitlines()
+    markdown = (sweep / "summary.md").read_text().splitlines()
     assert markdown[0].startswith("| job | status | overrides | train/loss | val/loss |")
     assert len(markdown) == 4 and "| completed |" in markdown[3]
 
