@@ -14,9 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict, read_write
 
 from difftune.errors import DifftuneError
-from difftune.run.build_errors import config_error
 from difftune.run.disk import check_writable
-from difftune.run.run_dir import check_not_in_use, reuse_refusal
 
 
 def _in_job_dir(cfg: DictConfig, job_dir: Path) -> None:
@@ -27,7 +25,9 @@ def _in_job_dir(cfg: DictConfig, job_dir: Path) -> None:
 
 def check_train_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
     """Writable, not held by a running run, not another run's work; then the config's values."""
-    from difftune.run.checks import check_train_config  # here: `--help` needs none of it
+    from difftune.run.build_errors import config_error  # here: `--help` needs none of these
+    from difftune.run.checks import check_train_config
+    from difftune.run.run_dir import check_not_in_use, reuse_refusal  # (Lightning: seconds)
 
     check_writable(key, job_dir, job_dir)
     check_not_in_use(job_dir)
