@@ -132,17 +132,22 @@ def test_unwritable_locations_are_refused_before_training(case, tmp_path, monkey
     assert (tmp_path / "file").read_text() == "not a directory"
 
 
-def test_an_export_into_another_runs_dir_is_refused(tmp_path):
+def test_an_export_or_checkpoints_into_another_runs_dir_are_refused(tmp_path):
     victim = tmp_path / "victim"
     train(quick(victim))
-    exported = (victim / "pipeline" / UNET_WEIGHTS).read_bytes()
-    with pytest.raises(DifftuneError) as err:
-        train(quick(tmp_path / "mine", f"export_dir={victim / 'pipeline'}"))
-    assert one_line(err) == (
-        f"export_dir={victim / 'pipeline'}: inside another run's dir ({victim}), whose pipeline "
-        "it would replace; pass a path outside it"
-    )
-    assert (victim / "pipeline" / UNET_WEIGHTS).read_bytes() == exported
+    saved = {p: p.read_bytes() for p in victim.rglob("*") if p.is_file() and p.suffix != ".log"}
+    for key, path in [
+        ("export_dir", victim / "pipeline"),
+        ("callbacks.model_checkpoint.dirpath", victim / "checkpoints"),
+        ("callbacks.final_checkpoint.dirpath", victim / "checkpoints"),
+    ]:
+        with pytest.raises(DifftuneError) as err:
+            train(quick(tmp_path / "mine", f"{key}={path}"))
+        assert one_line(err) == (
+            f"{key}={path}: inside another run's dir ({victim}), whose files it would replace; "
+            "pass a path outside it"
+        )
+    assert {p: p.read_bytes() for p in saved} == saved
 
 
 def job_check(*argv: str, script: str = "train") -> str:

@@ -165,10 +165,12 @@ def test_from_the_command_line_a_library_rejection_names_the_override(tmp_path):
     assert_one_error_line(result, "error: trainer.max_time=abc: ", "DD:HH:MM:SS")
 
 
-def test_debug_shows_the_full_traceback_instead_of_the_line(tmp_path):
+@pytest.mark.parametrize("switch", ["DEBUG", "HYDRA_FULL_ERROR"])
+def test_debug_shows_the_full_traceback_instead_of_the_line(tmp_path, switch):
     assert_one_error_line(run("sample.py", "seed=abc", f"hydra.run.dir={tmp_path}"), "seed=abc")
-    result = run("sample.py", "seed=abc", f"hydra.run.dir={tmp_path}", DEBUG="1")
+    result = run("sample.py", "seed=abc", f"hydra.run.dir={tmp_path}", **{switch: "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
+    assert "difftune.errors.DifftuneError: seed=abc must be an integer" in result.stderr
 
 
 @pytest.mark.parametrize(

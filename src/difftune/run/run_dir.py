@@ -39,7 +39,8 @@ def claim_run_dir(cfg: DictConfig) -> Iterator[None]:
     check_writable("paths.output_dir", run_dir, run_dir)
     if cfg.get("export_dir"):
         check_export_dir(Path(cfg.export_dir))
-        check_not_another_runs(Path(cfg.export_dir), run_dir)
+    for key, path in places_written(cfg):
+        check_not_another_runs(key, path, run_dir)
     with _locked(run_dir):
         refusal = reuse_refusal(cfg, run_dir)
         if refusal is not None:
@@ -62,13 +63,23 @@ def check_export_dir(export_dir: Path) -> None:
         )
 
 
-def check_not_another_runs(export_dir: Path, run_dir: Path) -> None:
-    """An export into another run's dir would replace that run's pipeline: refused."""
-    owner = export_dir.absolute().parent
+def places_written(cfg: DictConfig) -> list[tuple[str, Path]]:
+    """The export and the callbacks' dirs (checkpoints, grids): `(key, path)` of each set."""
+    places = [("export_dir", Path(cfg.export_dir))] if cfg.get("export_dir") else []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if isinstance(node, DictConfig) and node.get("dirpath"):
+            places.append((f"callbacks.{name}.dirpath", Path(node.dirpath)))
+    return places
+
+
+def check_not_another_runs(key: str, path: Path, run_dir: Path) -> None:
+    """A path inside another run's dir would replace that run's files (its checkpoints, its
+    pipeline): refused."""
+    owner = path.absolute().parent
     if (owner / LOCK).is_file() and owner.resolve() != run_dir.resolve():
         raise DifftuneError(
-            f"export_dir={export_dir}: inside another run's dir ({owner}), whose pipeline it "
-            "would replace; pass a path outside it"
+            f"{key}={path}: inside another run's dir ({owner}), whose files it would replace; "
+            "pass a path outside it"
         )
 
 
