@@ -3,12 +3,14 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
 
 from difftune.errors import DifftuneError
+from difftune.guidance import SCHEDULES
 from difftune.hub.pipelines import load_noise_scheduler
 from difftune.pictures.images import save_grid
 from difftune.run.sample_images import make_scheduler, sample_images
@@ -83,10 +85,26 @@ def test_an_unknown_scheduler_is_one_line_naming_the_options(tmp_path):
     assert lines == ["error: scheduler=euler: no such option; valid: ddim, ddpm, dpm_solver"]
 
 
-def test_plot_schedules(tiny_pipeline_dir, tmp_path):
+def test_plot_schedules_draws_each_weight_over_the_pipelines_timesteps(
+    tiny_pipeline_dir, tmp_path, monkeypatch
+):
+    import matplotlib.axes
+
+    drawn, plot = {}, matplotlib.axes.Axes.plot
+
+    def recording(ax, y, *args, label=None, **kwargs):
+        drawn[label] = np.asarray(y)
+        return plot(ax, y, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording)
     cfg = compose_sample(f"pretrained={tiny_pipeline_dir}", "plot=schedules", output_dir=tmp_path)
     path = sample_images(cfg)
     assert path.name == "schedules.png" and Image.open(path).size == (800, 450)
+    alphas_cumprod = DDPMScheduler.from_pretrained(tiny_pipeline_dir, subfolder="scheduler")
+    alphas_cumprod = alphas_cumprod.alphas_cumprod.float()
+    assert drawn.keys() == SCHEDULES.keys()
+    for name, weight in SCHEDULES.items():
+        np.testing.assert_allclose(drawn[name], weight(alphas_cumprod).numpy(), rtol=1e-6)
 
 
 def test_embedded_default_samples_offline(tmp_path):
