@@ -247,3 +247,15 @@ def test_a_precision_lightning_rejects_gets_no_slowness_warning_first(tmp_path, 
     with warnings.catch_warnings(), pytest.raises(RuntimeError, match="checks passed"):
         warnings.simplefilter("error")  # fp17's own error is Lightning's, when the Trainer builds
         train(cfg)
+
+
+def test_a_pipeline_with_damaged_weights_says_so_whole(tiny_pipeline_dir):
+    """Its reason was cut at 200 characters, mid-path, and it suggested the hub."""
+    weights = tiny_pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(DifftuneError) as err:
+        pipeline_io.load_unet(str(tiny_pipeline_dir), key="pretrained")
+    message = str(err.value)
+    assert message.startswith(f"pretrained='{tiny_pipeline_dir}': could not load its UNet (")
+    assert str(weights) in message and "\n" not in message
+    assert message.endswith("; its files are damaged or incomplete: export or download it again")

@@ -47,9 +47,14 @@ def _load(fn: Any, pretrained: str, what: str, key: str, **kwargs: Any) -> Any:
     try:
         return fn(path, **kwargs)
     except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        advice = (  # a local pipeline that is there but broken: the hub is not the way out
+            "its files are damaged or incomplete: export or download it again"
+            if Path(path).expanduser().is_dir()
+            else offline_hint(key)
+        )
         raise DifftuneError(
-            f"{key}='{pretrained}': could not load its {what} ({reason}); {offline_hint(key)}"
+            f"{key}='{pretrained}': could not load its {what} ({reason}); {advice}"
         ) from err
 
 
