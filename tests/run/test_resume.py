@@ -1,5 +1,6 @@
 """Resuming: exact after a SIGKILL, resume=true finds the run's checkpoint, a changed lr is said."""
 
+import fcntl
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from omegaconf import open_dict
 
 from difftune.errors import DifftuneError
 from difftune.run.resume import checkpoint_to_resume, run_key
+from difftune.run.run_dir import LOCK
 from difftune.run.train import train
 from helpers.cli import CLI_RUN, RESUME_RUN, run_train
 from helpers.compose import ROOT, compose_train, quick, shrink
@@ -141,6 +143,25 @@ def test_resume_true_goes_on_in_the_run_dir_it_came_from(tmp_path):
     assert step_of(first / "checkpoints" / "last.ckpt") == 6
     assert "resume=true: resuming from" in (first / "train.log").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "resume_index"]
+
+
+@pytest.mark.slow
+def test_resume_true_into_a_run_that_is_still_going_is_refused_untouched(tmp_path):
+    first = tmp_path / "first"
+    assert run_train(first, *CLI_RUN, "trainer.max_steps=4").returncode == 0
+    config = (first / ".hydra" / "config.yaml").read_bytes()
+    with open(first / LOCK) as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the run would, were it going
+        result = subprocess.run(
+            [sys.executable, "train.py", *CLI_RUN, "resume=true", "trainer.max_steps=6",
+             f"resume_dir={tmp_path}/resume_index"],
+            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), text=True, capture_output=True,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: paths.output_dir={first}: in use by a run that is still going")
+    assert (first / ".hydra" / "config.yaml").read_bytes() == config
+    assert step_of(first / "checkpoints" / "last.ckpt") == 4
 
 
 def test_last_ckpt_holds_the_final_step_where_lightnings_save_last_does_not(tmp_path):

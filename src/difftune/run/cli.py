@@ -91,7 +91,12 @@ def preflight(config_dir: Path, config_name: str, argv: list[str]) -> None:
     try:
         check_command_line(config_dir, config_name, argv, JOB_CHECKS.get(config_name))
     except DifftuneError as err:
-        if full_trace():
-            raise
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(2)
+        exit_2(err)
+
+
+def exit_2(err: DifftuneError) -> None:
+    """Outside Hydra's job: the one line and exit status 2 (`DEBUG=1`: the traceback)."""
+    if full_trace():
+        raise err
+    sys.stderr.write(f"error: {err}\n")
+    sys.exit(2)

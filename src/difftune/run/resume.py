@@ -139,4 +139,12 @@ def continue_in_its_dir(config_dir: Path, config_name: str, argv: list[str]) -> 
         return argv  # train() says it in one line
     finally:
         HydraConfig.instance().cfg = previous
-    return [*argv, f"hydra.run.dir={ckpt.parent.parent}"]
+    from difftune.run.cli import exit_2
+    from difftune.run.run_dir import check_not_in_use
+
+    run_dir = ckpt.parent.parent
+    try:  # Hydra would write this run's .hydra/ into it before the run's own claim refuses it
+        check_not_in_use(run_dir)
+    except DifftuneError as err:
+        exit_2(err)
+    return [*argv, f"hydra.run.dir={run_dir}"]
