@@ -70,6 +70,24 @@ def test_a_folder_whose_only_decodable_image_is_held_out_fails_at_setup(tmp_path
     )
 
 
+def test_a_held_out_split_with_nothing_decodable_is_said(tmp_path: Path) -> None:
+    """Its val/loss used to be missing from metrics.csv without a word."""
+    for i in range(8):
+        path = tmp_path / f"f{i}.jpg"
+        if i in (0, 3, 4, 7):  # the held-out indices of 8 images at seed 0
+            path.write_text("bad")
+        else:
+            Image.new("RGB", (40, 48), (200, 10, 10)).save(path)
+    dm = ImageDataModule(source="imagefolder", data_dir=str(tmp_path), image_size=16, seed=0)
+    with pytest.warns(UserWarning) as caught:
+        dm.setup("fit")
+    assert dm.val_dataset.indices == [0, 3, 4, 7]
+    assert [str(w.message) for w in caught if "held-out" in str(w.message)] == [
+        "data.val_size=null: none of the 4 held-out images decodes, so val/loss is not "
+        "measured; see skipped_images.txt"
+    ]
+
+
 def test_folder_without_images_fails_at_setup(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DifftuneError, match="contains no image files"):

@@ -202,6 +202,18 @@ class ImageDataModule(pl.LightningDataModule):
             f"{found}{also})"
         )
 
+    def _check_held_out(self, records: Sequence[ImageSource], val_idx: list[int]) -> None:
+        """A warning when no held-out image decodes: there would be no `val/loss` at all."""
+        if val_idx and not any(
+            isinstance(decode_image(records[i], self.image_size), torch.Tensor) for i in val_idx
+        ):
+            warnings.warn(
+                f"data.val_size={'null' if self.val_size is None else self.val_size}: none of "
+                f"the {len(val_idx)} held-out images decodes, so val/loss is not measured; "
+                "see skipped_images.txt",
+                stacklevel=3,
+            )
+
     def check_source(self) -> None:
         """An image folder holds image files and a decodable training image: checked before the
         model loads (`setup` checks it again, at no cost: the listing is kept)."""
@@ -235,6 +247,7 @@ class ImageDataModule(pl.LightningDataModule):
         train_idx, val_idx = split_indices(n, self.val_size, self.seed)
         if self.source != "synthetic":
             self._check_decodable(records, train_idx, len(val_idx))
+            self._check_held_out(records, val_idx)
         self.train_dataset = Subset(self._labelled(train_base, labels), train_idx)
         self.val_dataset = Subset(self._labelled(val_base, labels), val_idx)
         log.info(
