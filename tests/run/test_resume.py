@@ -209,3 +209,23 @@ def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path):
         f"ckpt_path={fake}: not a checkpoint (torch.save writes a zip archive, and this file is "
         "not one); pass a .ckpt that train.py wrote, e.g. outputs/<run>/checkpoints/last.ckpt"
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "same"),
+    [
+        ("logger=tensorboard", True),
+        ("callbacks.sample_grid.every_n_steps=7", True),
+        ("trainer.val_check_interval=3", True),
+        ("trainer.max_steps=900", True),
+        ("export_dir=/elsewhere", True),
+        ("seed=1", False),
+        ("model.optimizer.lr=1e-3", False),
+        ("data.image_size=64", False),
+        ("trainer.accumulate_grad_batches=2", False),
+    ],
+)
+def test_resume_key_ignores_what_does_not_change_the_training(override, same, tmp_path):
+    """`resume=true` finds a run by this key: the same training, watched or cut differently."""
+    base = run_key(compose_train(output_dir=tmp_path))
+    assert (run_key(compose_train(override, output_dir=tmp_path)) == base) is same
