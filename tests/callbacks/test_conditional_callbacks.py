@@ -117,7 +117,7 @@ def test_the_grid_has_a_row_per_class_from_the_same_noise(tmp_path, cfg_scale, g
     side = 4 * (SIDE + 2)  # a row of the first panel
     row = [written.crop((0, TOP + 8 + r * side, 4 * 2 * (SIDE + 2), TOP + 8 + (r + 1) * side))
            for r in range(len(NAMES))]  # fmt: skip
-    assert row[0].tobytes() != row[1].tobytes() != row[2].tobytes()  # each class draws its own
+    assert len({r.tobytes() for r in row}) == len(NAMES)  # each class draws its own row
     if cfg_scale is not None:
         assert not torch.equal(panels[0][1], panels[1][1])  # CFG changed the samples
     assert (tmp_path / "progression.png").is_file()
