@@ -10,7 +10,7 @@ from PIL import Image
 from difftune.data import ImageDataModule
 from difftune.data.decode import decode_image
 from difftune.errors import DifftuneError
-from helpers.images import loader_images, write_mixed_folder
+from helpers.images import BLUE, RED, left_right, loader_images, write_mixed_folder
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])
@@ -158,3 +158,23 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(DifftuneError, match=message.replace("(", r"\(")) as err:
         ImageDataModule(**kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_training_flips_half_the_images_the_same_way_per_seed_and_epoch(tmp_path: Path) -> None:
+    """Left half red, right half blue: a flipped image has blue on the left."""
+    for i in range(33):
+        left_right(RED, BLUE, size=(48, 48)).save(tmp_path / f"{i:02d}.png")
+
+    def flips(epoch: int, seed: int = 0) -> list[bool]:
+        dm = ImageDataModule(source="imagefolder", data_dir=str(tmp_path), image_size=16,
+                             batch_size=8, val_size=1, seed=seed)  # fmt: skip
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        images, _ = loader_images(loader)
+        return [bool(x[2, 8, 1] > x[0, 8, 1]) for x in images]  # blue at the left edge
+
+    epoch_0 = flips(0)
+    assert len(epoch_0) == 32 and 8 <= sum(epoch_0) <= 24  # p = 0.5 each
+    assert flips(0) == epoch_0  # the same run again: the same flips
+    assert flips(1) != epoch_0 and flips(0, seed=1) != epoch_0
