@@ -173,7 +173,8 @@ def build_train(cfg: DictConfig, run_dir: Path) -> None:
     loggers = [hydra.utils.instantiate(n) for n in (cfg.logger or {}).values() if n is not None]
     assert all(isinstance(logger, Logger) for logger in loggers), loggers
     for logger in loggers:
-        assert logger.experiment is not None  # the run (or writer) really starts
+        logger.experiment  # noqa: B018 - the run (or writer) really starts
+        assert Path(logger.log_dir or logger.save_dir).is_relative_to(run_dir), logger.save_dir
     build_trainer(cfg, callbacks, loggers, run_dir)
 
     stand_in = torch.nn.Parameter(torch.zeros(1))
