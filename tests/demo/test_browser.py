@@ -1,6 +1,7 @@
 """The demo page (`python demo.py`) in a real headless Chromium: the colour picker steers the guided
 grid, bad input is one line on the page, and two tabs each get their own result."""
 
+import os
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -35,8 +36,11 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def driver():
-    """Headless Chromium; skipped (with the reason) only when it cannot be installed."""
+    """Headless Chromium; skipped (with the reason) only when it cannot be installed, and never
+    in CI (`CI=true`, where `make browser` installs it): there a skip would pass unseen."""
     reason = missing_browser()
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
     if reason:
         pytest.skip(reason)
     browser = chrome()
