@@ -1,5 +1,6 @@
 """Held-out split of small real folders, and the `datasets` keys of hub datasets."""
 
+import csv
 import logging
 import warnings
 from pathlib import Path
@@ -7,11 +8,15 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
+from omegaconf import open_dict
 from PIL import Image
+from safetensors.torch import load_file
 
 from difftune.data import ImageDataModule
 from difftune.errors import DifftuneError
 from helpers.compose import compose_train, shrink
+from helpers.runs import unet_weights
 
 
 def write_folder(path: Path, n: int) -> Path:
@@ -138,6 +143,13 @@ def test_train_py_fine_tunes_from_a_stream(tmp_path, tiny_pipeline_dir):
         "data.streaming=true", "data.val_size=4", "data.image_size=16", "data.num_workers=0",
         output_dir=tmp_path / "run",
     )  # fmt: skip
+    with open_dict(cfg):
+        cfg.trainer.log_every_n_steps = 1
     metrics = train(shrink(cfg, steps=3))
     assert 0 < metrics["train/loss"] < 2 and "val/loss" in metrics
-    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
+    assert steps == [0, 1, 2]  # three optimizer steps drew three streamed batches
+    tuned = unet_weights(tmp_path / "run")
+    base = load_file(tiny_pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(tuned[k], base[k]) for k in base)  # and moved the weights
