@@ -259,3 +259,15 @@ def test_a_pipeline_with_damaged_weights_says_so_whole(tiny_pipeline_dir):
     assert message.startswith(f"pretrained='{tiny_pipeline_dir}': could not load its UNet (")
     assert str(weights) in message and "\n" not in message
     assert message.endswith("; its files are damaged or incomplete: export or download it again")
+
+
+def test_a_literal_interpolation_in_a_path_is_one_line(tmp_path, capsys):
+    """An escaped `\\${` passes Hydra's command line; its instantiate resolved it again and
+    raised InterpolationKeyError with a traceback."""
+    cfg = compose_train("data=imagefolder", f"data.data_dir={tmp_path}/d\\${{a}}",
+                        output_dir=tmp_path / "run")  # fmt: skip
+    assert one_line_exit_2(train, cfg, capsys) == (
+        "error: data.data_dir: Interpolation key 'a' not found; Hydra resolves a value's ${...} "
+        "again when it builds the object, so a literal '${' cannot be passed (link the path to "
+        "one without it)"
+    )

@@ -17,6 +17,7 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from difftune.errors import DifftuneError
 
@@ -96,6 +97,21 @@ def _culprit(node: DictConfig, full_key: str, reason: str, overrides: Sequence[s
         except Exception:  # an unresolvable sibling is not the culprit
             continue
     return None
+
+
+def interpolation_error(err: BaseException) -> DifftuneError | None:
+    """A `${...}` that could not be resolved while an object was built: its key, in one line.
+
+    Hydra's instantiate resolves a value again, so an escaped `\\${` (a literal one, e.g. in a
+    path) becomes an interpolation there."""
+    found = next((e for e in _chain(err) if isinstance(e, InterpolationResolutionError)), None)
+    if found is None or not getattr(found, "full_key", None):
+        return None
+    return DifftuneError(
+        f"{found.full_key}: {found.msg.strip().splitlines()[0]}; Hydra resolves a value's ${{...}} "
+        "again when it builds the object, so a literal '${' cannot be passed (link the path to "
+        "one without it)"
+    )
 
 
 def config_error(

@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from difftune.errors import DifftuneError
-from difftune.run.build_errors import config_error
+from difftune.run.build_errors import config_error, interpolation_error
 from difftune.run.disk import disk_error
 from difftune.run.preflight import check_command_line
 
@@ -71,7 +71,12 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.stderr.write("error: stopped by Ctrl-C\n")
             sys.exit(2)
         except Exception as err:
-            cause = config_error(err, given, task_overrides()) or user_error(err) or disk_error(err)
+            cause = (
+                config_error(err, given, task_overrides())
+                or user_error(err)
+                or disk_error(err)
+                or interpolation_error(err)
+            )
             if cause is None or full_trace():
                 raise
             sys.stderr.write(f"error: {cause}\n")
