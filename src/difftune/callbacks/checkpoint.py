@@ -6,6 +6,8 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from difftune.run.memory import out_of_memory
+
 log = logging.getLogger(__name__)
 
 INTERRUPTS = (KeyboardInterrupt, SIGTERMException)
@@ -44,11 +46,21 @@ class FinalCheckpoint(Callback):
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume
         self._saved_step = trainer.global_step
 
+    def _newest(self) -> str:
+        """Where a run that stopped resumes from: the last checkpoint this run saved, if any."""
+        if self._saved_step >= 0:
+            return f"resume from ckpt_path={self.path}, step {self._saved_step}"
+        if self.path.is_file():
+            return f"resume from ckpt_path={self.path}"
+        return "no checkpoint written yet"
+
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        if not isinstance(exception, INTERRUPTS):
-            return  # a crash: the last periodic checkpoint stays the one to resume from
+        if not isinstance(exception, INTERRUPTS):  # a crash: the last periodic checkpoint
+            if out_of_memory(exception) is not None:  # stays the one to resume from
+                exception.memory_hint = f"at step {trainer.global_step} ({self._newest()})"
+            return
         self._save(trainer)
         exception.resume_hint = f"at step {trainer.global_step}; resume with ckpt_path={self.path}"
         log.warning(

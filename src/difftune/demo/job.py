@@ -21,6 +21,7 @@ from difftune.pictures.images import grid_image
 from difftune.run.build_errors import config_error
 from difftune.run.cli import user_error
 from difftune.run.disk import disk_error
+from difftune.run.memory import memory_error
 from difftune.run.preflight import check_command_line
 from difftune.run.sample_images import sample_images
 
@@ -58,7 +59,12 @@ def progression_picture(step: dict) -> Image.Image:
 
 def message(error: BaseException, cfg: DictConfig | None = None) -> str:
     """A user's mistake in one line; anything else a short line (the traceback is in the log)."""
-    cause = user_error(error) or config_error(error, cfg) or disk_error(error)
+    cause = (
+        user_error(error)
+        or config_error(error, cfg)
+        or disk_error(error)
+        or memory_error(error, cfg)
+    )
     if cause is not None:
         return str(cause)
     log.error("demo: sampling failed", exc_info=error)

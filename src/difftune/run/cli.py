@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from difftune.errors import DifftuneError
 from difftune.run.build_errors import config_error, interpolation_error
 from difftune.run.disk import disk_error
+from difftune.run.memory import memory_error
 from difftune.run.preflight import check_command_line
 
 
@@ -47,7 +48,8 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Hydra task function so user errors end the process with one line and exit 2.
 
     User errors are `DifftuneError`s, the values a library rejected while an object was built
-    from the config (`config_error`), and a full or read-only disk (`disk_error`). In a multirun
+    from the config (`config_error`), a full or read-only disk (`disk_error`), and an allocation
+    too large for the machine (`memory_error`). In a multirun
     the error fails only its job: Hydra records it and runs the others. `DEBUG=1` or
     `HYDRA_FULL_ERROR=1` re-raises them with the traceback.
     """
@@ -76,6 +78,7 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
                 or user_error(err)
                 or disk_error(err)
                 or interpolation_error(err)
+                or memory_error(err, given)
             )
             if cause is None or full_trace():
                 raise
