@@ -1,4 +1,4 @@
-"""Undecodable images: `data/skipped` per epoch, named once per epoch and per validation."""
+"""Undecodable images: `data/skipped` per epoch; each file named once, when it is first skipped."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ def escaped(name: str) -> str:
 
 
 class SkipReport:
-    """Collects the `skipped` / `skipped_files` of each batch and reports them per split."""
+    """Collects the `skipped` / `skipped_files` of each batch and reports them per split, each
+    named file once: an epoch that skips only files named before says so at debug level."""
 
     def __init__(self) -> None:
         self.pending: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
+        self.named: set[tuple[str, str, str]] = set()  # (split, reason, file) already reported
 
     def add(self, split: str, batch: dict[str, Any]) -> int:
         """Record a batch's skipped images; return how many there were."""
@@ -35,7 +37,13 @@ class SkipReport:
 
     def flush(self, split: str, when: str, trainer: Any) -> None:
         """Log `<when>: skipped K undecodable images (reasons): files`, append them to the list."""
-        items, self.pending[split] = self.pending[split], []
+        found, self.pending[split] = self.pending[split], []
+        items = [(r, f) for r, f in found if not f or (split, r, f) not in self.named]
+        before = len(found) - len(items)  # files without a name (bytes) cannot be told apart
+        self.named.update((split, r, f) for r, f in items if f)
+        held = " held-out" if split == "val" else ""
+        if not items and before:
+            log.debug("%s: skipped the %d undecodable%s images named before", when, before, held)
         if not items:
             return
         reasons = Counter(reason for reason, _ in items)
@@ -45,10 +53,10 @@ class SkipReport:
             f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
         )
         where = self._write(split, when, items, trainer)
-        held = " held-out" if split == "val" else ""
         log.warning(
-            "%s: skipped %d undecodable%s images (%s)%s%s", when, len(items), held, why,
-            f": {shown}" if shown else "", f"; all listed in {where}" if where else "",
+            "%s: skipped %d undecodable%s images (%s)%s%s%s", when, len(items), held, why,
+            f": {shown}" if shown else "", f" (and {before} named before)" if before else "",
+            f"; all listed in {where}" if where else "",
         )  # fmt: skip
 
     @staticmethod
@@ -69,7 +77,8 @@ class SkipReport:
 
 class SkippedImages(Callback):
     """Reads each batch's `skipped` / `skipped_files` (the DataModule's collate) and reports them:
-    one log line per training epoch and per validation, the full list in `skipped_images.txt`."""
+    one log line for the training epoch or validation that first skips a file (the same files
+    again, at debug level), the full list in `skipped_images.txt` (each file once)."""
 
     def __init__(self) -> None:
         self.report = SkipReport()
