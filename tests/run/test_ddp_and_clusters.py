@@ -1,7 +1,9 @@
-"""DDP on the CPU (one run of two processes, sweeps through torchrun), submitit, SLURM's config."""
+"""DDP on the CPU (one run of two processes, its exact resume, sweeps through torchrun),
+submitit, SLURM's config."""
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 
@@ -11,9 +13,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from safetensors.torch import load_file
 
-from helpers.cli import SHRINK_CLI, run_cli
+from helpers.cli import SHRINK_CLI, run_cli, run_train
 from helpers.compose import CONF, ROOT
-from helpers.runs import summary_rows, unet_weights
+from helpers.runs import losses, step_of, summary_rows, unet_weights
+
+DDP_RESUME_RUN = [  # 2 ranks x 32 training images in batches of 16: 2 batches per rank per epoch
+    "hardware=ddp_cpu", "trainer.max_steps=6", "data.num_images=96", "trainer.log_every_n_steps=1",
+    "callbacks.model_checkpoint.every_n_train_steps=3", "trainer.val_check_interval=100",
+    "callbacks.sample_grid=null", "callbacks.loss_curve=null", "+trainer.enable_progress_bar=false",
+]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -47,6 +55,27 @@ def test_ddp_cpu_two_processes_write_one_run(tmp_path):
     )
     assert weights.keys() == base.keys()
     assert any(not torch.equal(weights[k], base[k]) for k in base)
+
+
+@pytest.mark.slow
+def test_a_ddp_run_killed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(tmp_path):
+    """Each rank picks its own share of the epoch up at the batch it had reached."""
+    whole = run_train(tmp_path / "whole", *DDP_RESUME_RUN)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = run_train(
+        tmp_path / "killed", *DDP_RESUME_RUN, "+callbacks.kill._target_=helpers.faults.KillAt",
+        "+callbacks.kill.step=4",
+    )  # fmt: skip  # both ranks, at the start of step 4: epoch 1's second batch
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert step_of(last) == 3  # after epoch 1's first batch: mid-epoch
+    resumed = run_train(tmp_path / "resumed", *DDP_RESUME_RUN, f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = losses(tmp_path / "whole"), losses(tmp_path / "resumed")
+    assert sorted(got) == [3, 4, 5]
+    assert max(abs(got[s] - expected[s]) for s in got) <= 1e-6, (got, expected)
+    after, weights = unet_weights(tmp_path / "resumed"), unet_weights(tmp_path / "whole")
+    assert max((after[k] - weights[k]).abs().max().item() for k in weights) <= 1e-6
 
 
 @pytest.mark.slow

@@ -293,7 +293,11 @@ class ImageDataModule(pl.LightningDataModule):
         sampler = None
         if shuffle:
             dataset = SeededAugmentation(dataset, self.seed)
-            sampler = EpochShuffle(len(dataset), self.seed, self.batch_size, self._batches_done)
+            trainer = getattr(self, "trainer", None)
+            rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+            sampler = EpochShuffle(
+                len(dataset), self.seed, self.batch_size, self._batches_done, rank, world
+            )
         return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -307,10 +311,9 @@ class ImageDataModule(pl.LightningDataModule):
         )
 
     def _batches_done(self) -> int | None:
-        """Training batches the run has drawn (restored on resume); None without a trainer or
-        under DDP, where Lightning's sampler wrapper splits each epoch over the ranks."""
+        """Training batches this process has drawn (restored on resume); None without a trainer."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.world_size > 1:
+        if trainer is None:
             return None
         return trainer.fit_loop.epoch_loop.batch_progress.total.ready
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler
 
 _MIX = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: spreads nearby integers apart
 
@@ -28,35 +28,46 @@ def mix_seed(*values: int) -> int:
     return h % 2**63
 
 
-class EpochShuffle(Sampler[int]):
+class EpochShuffle(DistributedSampler):
     """Epoch e: a permutation of `n` from (seed, e), yielded as `e·n + index` from the batch the
     run has reached (`batches_done()`, the trainer's restored count; None: from `set_epoch`).
 
-    The epoch rides along in the index so that `SeededAugmentation` can seed per epoch.
+    The epoch rides along in the index so that `SeededAugmentation` can seed per epoch. Under
+    DDP (`world` > 1) rank r takes every world-th index from r of the permutation padded by its
+    first ones, the split of torch's `DistributedSampler` (which this is, so Lightning does not
+    wrap it in its own), so each rank resumes its own share mid-epoch exactly too.
     """
 
     def __init__(
-        self, n: int, seed: int, batch_size: int, batches_done: Callable[[], int | None] = None
-    ) -> None:
+        self, n: int, seed: int, batch_size: int, batches_done: Callable[[], int | None] = None,
+        rank: int = 0, world: int = 1,
+    ) -> None:  # fmt: skip
+        # not DistributedSampler.__init__, which asks torch.distributed for the world size
         self.n, self.seed, self.batch_size, self.epoch = n, seed, batch_size, 0
         self.batches_done = batches_done or (lambda: None)
+        self.rank, self.num_replicas = rank, world
+        self.num_samples = math.ceil(n / world)
+        self.total_size = self.num_samples * world
+        self.shuffle, self.drop_last = True, False
 
     def set_epoch(self, epoch: int) -> None:
-        """Lightning's epoch; used only where the batch count is not known (DDP)."""
+        """Lightning's epoch; used only where the batch count is not known (no trainer)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
         done = self.batches_done()
         if done is None:
             epoch, offset = self.epoch, 0
         else:
-            epoch, offset = divmod(done, math.ceil(self.n / self.batch_size))
+            epoch, offset = divmod(done, math.ceil(self.num_samples / self.batch_size))
         generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         order = torch.randperm(self.n, generator=generator) + epoch * self.n
-        return iter(order[offset * self.batch_size :].tolist())
+        padded = order.repeat(math.ceil(self.total_size / self.n))[: self.total_size]
+        mine = padded[self.rank :: self.num_replicas]
+        return iter(mine[offset * self.batch_size :].tolist())
 
 
 class SeededAugmentation(Dataset):
