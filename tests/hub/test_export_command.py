@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 
 import difftune.hub.push as hub
 from difftune.hub.export import main
-from difftune.run.provenance import RunRecord
 from difftune.run.train import train
 from helpers.compose import ROOT, compose_train, shrink
 from helpers.model_cards import split_card
@@ -23,7 +22,7 @@ from helpers.models import save_tiny_pipeline
 
 @pytest.fixture(scope="module")
 def ema_run(tmp_path_factory) -> Path:
-    """A 3-step EMA fit of a tiny pipeline; `.hydra/config.yaml` saved as Hydra would."""
+    """A 3-step EMA fit of a tiny pipeline; `train` outside Hydra writes `.hydra/config.yaml`."""
     tmp = tmp_path_factory.mktemp("ema_run")
     base = tmp / "base"
     save_tiny_pipeline(base)
@@ -35,13 +34,9 @@ def ema_run(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()  # module scope: set up before the per-test thread fixture
     torch.set_num_threads(1)
     try:
-        cfg = shrink(cfg, steps=3)
-        RunRecord().on_job_start(config=cfg)  # as Hydra does for train.py: config_resolved.yaml
-        train(cfg)
+        train(shrink(cfg, steps=3))
     finally:
         torch.set_num_threads(threads)
-    (run / ".hydra").mkdir()
-    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     return run
 
 

@@ -67,6 +67,18 @@ def record_run(cfg: DictConfig, output_dir: Path) -> Path:
     return path
 
 
+def record_outside_hydra(cfg: DictConfig) -> None:
+    """A run started from Python (`train(cfg)` in a notebook): the files Hydra and `RunRecord`
+    write for a command-line run, `.hydra/config.yaml` (secrets removed) and `record_run`'s."""
+    if rank_zero_only.rank != 0:
+        return
+    run_dir = Path(cfg.paths.output_dir)
+    config = redact(OmegaConf.to_container(cfg, resolve=False))
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(config), run_dir / ".hydra" / "config.yaml")
+    record_run(cfg, run_dir)
+
+
 class RunRecord(Callback):
     """Hydra callback: as each job starts, rank 0 records it in its run dir (`record_run`), unless
     that dir holds another run's work, which the job then refuses without touching it."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
@@ -20,6 +21,7 @@ from difftune.callbacks.export import final_metrics
 from difftune.hub.checkpoints import check_checkpoint_matches
 from difftune.run.checks import check_train_config
 from difftune.run.loggers import finished_runs, log_config
+from difftune.run.provenance import record_outside_hydra
 from difftune.run.resume import checkpoint_to_resume
 from difftune.run.run_dir import claim_run_dir
 
@@ -29,6 +31,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     the callbacks. The config is read, never written."""
     check_train_config(cfg)
     with claim_run_dir(cfg):  # writable, and no other run's: checked before anything loads
+        if not HydraConfig.initialized():  # from Python: the run dir a command line leaves
+            record_outside_hydra(cfg)
         ckpt_path = checkpoint_to_resume(cfg)
         seed_everything(cfg.seed, workers=True)
         with torch_flags(cfg.get("matmul_precision")):
