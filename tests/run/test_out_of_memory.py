@@ -76,6 +76,7 @@ def test_the_demo_page_shows_out_of_memory_as_the_keys_to_lower_not_an_internal_
     shown = message(torch.OutOfMemoryError(CUDA_OOM), cfg)
     assert re.fullmatch(
         r"out of GPU memory \(tried to allocate 2\.00 GiB; 1\.23 GiB free of 79\.19 GiB\) with "
-        r"num_images=8 batch_size=8 image_size=None precision=32: lower batch_size .*",
+        r"num_images=8 batch_size=8 image_size=null \(the UNet's sample_size\) precision=32: "
+        r"lower batch_size .*",
         shown,
     ), shown

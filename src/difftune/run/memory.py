@@ -69,9 +69,11 @@ def memory_error(err: BaseException, cfg: DictConfig | None) -> DifftuneError | 
         )
         advice = TRAIN_ADVICE
     elif isinstance(cfg, DictConfig):
+        size = cfg.get("image_size")
+        shown = "null (the UNet's sample_size)" if size is None else size
         sizes = (
             f"num_images={cfg.get('num_images')} batch_size={cfg.get('batch_size')} "
-            f"image_size={cfg.get('image_size')} precision={cfg.get('precision')}"
+            f"image_size={shown} precision={cfg.get('precision')}"
         )
         advice = SAMPLE_ADVICE
     else:
