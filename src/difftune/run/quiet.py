@@ -24,6 +24,40 @@ LOG_MESSAGES: dict[str, tuple[str, ...]] = {
 }
 
 
+# logger name: (message prefix, what it must contain, replacement or None to drop), for a message
+# that is wrong where difftune calls: diffusers says "unsafe" and logs an error for a pipeline
+# without safetensors, then reads its .bin with torch.load(weights_only=True): tensors only
+REWRITES: dict[str, tuple[tuple[str, str, str | None], ...]] = {
+    "diffusers.models.modeling_utils": (
+        ("An error occurred while trying to fetch", "diffusion_pytorch_model.safetensors", None),
+        (
+            "Defaulting to unsafe serialization",
+            "",
+            "no safetensors weights in this pipeline: its diffusion_pytorch_model.bin is read "
+            "with torch.load(weights_only=True), which loads tensors only (no code runs)",
+        ),
+    ),
+}
+
+
+class _Rewrite(logging.Filter):
+    """Drops a listed record, or replaces its text and makes it an INFO line."""
+
+    def __init__(self, rules: tuple[tuple[str, str, str | None], ...]) -> None:
+        super().__init__()
+        self.rules = rules
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for prefix, contains, replacement in self.rules:
+            if message.startswith(prefix) and contains in message:
+                if replacement is None:
+                    return False
+                record.msg, record.args = replacement, ()
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 class _DropPrefixes(logging.Filter):
     """Drops the records whose message starts with one of `prefixes`."""
 
@@ -43,6 +77,10 @@ def silence_third_party() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefixes) for f in logger.filters):
             logger.addFilter(_DropPrefixes(prefixes))
+    for name, rules in REWRITES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Rewrite) for f in logger.filters):
+            logger.addFilter(_Rewrite(rules))
 
 
 def one_copy_of_lightning_logs() -> None:
