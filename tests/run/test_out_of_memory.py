@@ -1,11 +1,16 @@
 """An allocation the machine cannot make (a batch or image too large) is one line and exit 2:
 where it stopped, the checkpoint to resume from, the sizes it had and the keys to lower."""
 
+import gc
 import re
+import weakref
 
+import pytest
 import torch
 
+import difftune.run.cli as cli
 from difftune.demo.job import message
+from difftune.errors import DifftuneError
 from difftune.run.memory import TRAIN_ADVICE
 from helpers.cli import one_line_exit_2, run_cli
 from helpers.compose import compose_sample, compose_train, shrink
@@ -80,3 +85,26 @@ def test_the_demo_page_shows_out_of_memory_as_the_keys_to_lower_not_an_internal_
         r"lower batch_size .*",
         shown,
     ), shown
+
+
+def test_a_sweep_job_that_ran_out_of_memory_leaves_nothing_of_its_model_behind(
+    tmp_path, monkeypatch
+):
+    """Hydra keeps a failed job's error for the whole sweep: it must not hold the job's model,
+    optimizer and activations (through its traceback), or the next jobs run out of memory too."""
+    monkeypatch.setattr(cli, "in_multirun", lambda: True)
+    cfg = shrink(compose_train(output_dir=tmp_path), steps=4)
+    seen = {}
+
+    def remember_then_fail(trainer) -> None:
+        seen["module"] = weakref.ref(trainer.lightning_module)
+        seen["optimizer"] = weakref.ref(trainer.optimizers[0])
+        allocate_too_much(trainer)
+
+    job = cli.exit_on_user_error(lambda c: run_with(c, AtStep(1, remember_then_fail)))
+    out_of_memory = r"^out of memory \(tried to allocate 128\.0 GiB\)"
+    with pytest.raises(DifftuneError, match=out_of_memory) as recorded:  # kept, as Hydra keeps it
+        job(cfg)
+    gc.collect()
+    assert seen["module"]() is None and seen["optimizer"]() is None
+    assert recorded.value.__context__ is None and recorded.value.__cause__ is None

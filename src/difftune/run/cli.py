@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -57,6 +58,7 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         given = copy.deepcopy(args[0]) if args else None  # instantiate resolves nodes in place
+        failed: str | None = None
         try:
             return fn(*args, **kwargs)
         except SystemExit as err:  # SIGTERM, or Lightning's exit(1) after Ctrl-C: `last.ckpt`
@@ -83,11 +85,24 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
             if cause is None or full_trace():
                 raise
             sys.stderr.write(f"error: {cause}\n")
-            if in_multirun():
-                raise cause from None
-            sys.exit(2)
+            if not in_multirun():
+                sys.exit(2)
+            failed, cause = str(cause), None  # `cause` may hold a traceback into the job
+        # a multirun's failed job: Hydra keeps the error it records for the whole sweep, so it
+        # gets a new one, raised here, outside the handler, with no traceback into the job (whose
+        # frames hold its model, optimizer and activations); the next job has that memory back
+        release_memory()
+        raise DifftuneError(failed)
 
     return wrapper
+
+
+def release_memory() -> None:
+    """Collect what a failed job left and return torch's cached GPU memory to the device."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # not imported for it: `--help` and bad input need none
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def preflight(config_dir: Path, config_name: str, argv: list[str]) -> None:
