@@ -147,3 +147,23 @@ def test_save_grid_writes_model_space_as_pixels(tmp_path):
     x = torch.stack([torch.full((3, 4, 4), -1.0), torch.full((3, 4, 4), 1.0)])
     pixels = Image.open(save_grid(x, tmp_path / "g.png", nrow=2)).convert("L")
     assert pixels.getpixel((3, 3)) == 0 and pixels.getpixel((9, 3)) == 255
+
+
+def test_batch_size_only_splits_the_work_the_images_stay_the_same(tmp_path):
+    """DDPM's step noise per image and the guidance's share per batch: a guided DDPM run in
+    batches of 1 or of 3 + 1 draws the images of one batch of 4 (the embedded base: clip_sample,
+    v-prediction). Before, each batch of b pulled its images with scale/b and drew its step
+    noise from one generator in turn."""
+
+    def images(batch_size: int, *extra: str) -> np.ndarray:
+        out = tmp_path / f"batch{batch_size}{'_guided' if extra else ''}"
+        sample_images(compose_sample("num_images=4", f"batch_size={batch_size}", "scheduler=ddpm",
+                                     "num_inference_steps=6", *extra, output_dir=out))  # fmt: skip
+        return np.stack([np.asarray(Image.open(out / "images" / f"{i:04d}.png"), dtype=np.int16)
+                         for i in range(4)])  # fmt: skip
+
+    guided = ("guidance=color", "guidance.scale=400")  # a pull of 100 per image in 4
+    whole = images(4, *guided)
+    for split in (1, 3):
+        assert np.abs(images(split, *guided) - whole).max() <= 1  # PNG rounding
+    assert np.abs(images(4) - whole).mean() > 10  # the guidance moved them: not a vacuous test

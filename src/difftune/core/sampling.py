@@ -107,7 +107,7 @@ def sample(
     noise: torch.Tensor,
     num_inference_steps: int = 40,
     guidance: Guidance | Sequence[Guidance] | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     class_labels: torch.Tensor | int | None = None,
     cfg_scale: float | None = None,
@@ -117,6 +117,8 @@ def sample(
     A class-conditional UNet gets `class_labels` (ids, one per image or one for all; None: the
     null label); `cfg_scale` w adds classifier-free guidance, ε_∅ + w·(ε_c − ε_∅): 1 is the
     conditional model, 0 the unconditional one. Loss guidance then acts on the x̂0 of that ε.
+    `generator` draws the scheduler's step noise (DDPM): one for the batch, or one per image,
+    so that an image's noise does not depend on the batch it is drawn in.
     Returns the raw final sample in model space (not clamped), on ``noise``'s device and dtype.
     """
     labels, null = _labels(unet, noise, class_labels, cfg_scale)

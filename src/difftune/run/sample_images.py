@@ -1,6 +1,7 @@
 """`sample_images(cfg)`, the `sample.py` job: load a pipeline, sample it, write grids and images."""
 
 import contextlib
+import copy
 import logging
 import math
 import re
@@ -15,7 +16,9 @@ from tqdm.auto import tqdm
 
 from difftune.core.conditioning import class_label_id, class_names_of
 from difftune.core.sampling import sample, set_timesteps
+from difftune.data.resumable import mix_seed
 from difftune.errors import DifftuneError, require_int
+from difftune.guidance.guide import Guidance
 from difftune.hub.pipelines import load_noise_scheduler, load_unet, load_unet_config
 from difftune.pictures.images import save_grid, save_panels, to_pil_list
 from difftune.pictures.plots import plot_progression, plot_schedules
@@ -25,6 +28,15 @@ log = logging.getLogger(__name__)
 
 PLOTS = ("schedules",)
 PRECISIONS = ("32", "bf16")
+
+
+def scaled(guidance: Guidance | None, fraction: float) -> Guidance | None:
+    """A copy of `guidance` with its scale times `fraction` (None stays None)."""
+    if guidance is None or fraction == 1:
+        return guidance
+    share = copy.copy(guidance)
+    share.scale = guidance.scale * fraction
+    return share
 
 
 def make_scheduler(cfg: DictConfig) -> Any:
@@ -143,19 +155,28 @@ def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None
                 on_step(on_cpu)
 
     def draw(guidance: Any, progress: bool) -> torch.Tensor:
-        """Each class row (or the one unconditional row) from the same noise and DDPM seed."""
+        """Each class row (or the one unconditional row) from the same noise and DDPM seeds.
+
+        `batch_size` only splits the work: image j's DDPM step noise comes from (seed, j), and
+        a batch of b images is guided with scale·b/num_images, its loss being the mean over the
+        batch (the article's), so each image is pulled as in one batch of all num_images."""
         images = []
         for label in rows or [None]:
-            step_generator = torch.Generator(device).manual_seed(cfg.seed)  # DDPM's step noise
+            step_generators = [  # DDPM's step noise, one generator per image
+                torch.Generator(device).manual_seed(mix_seed(cfg.seed, j))
+                for j in range(cfg.num_images)
+            ]
             for start in range(0, cfg.num_images, cfg.batch_size):
                 callback = (
                     (record if not images else (lambda s: bar.update())) if progress else None
                 )
                 batch = noise[start : start + cfg.batch_size].to(device)
+                share = scaled(guidance, len(batch) / cfg.num_images)
                 with autocast:
                     x_0 = sample(
-                        model, scheduler, batch, cfg.num_inference_steps, guidance,
-                        step_generator, callback, class_labels=label, cfg_scale=cfg_scale,
+                        model, scheduler, batch, cfg.num_inference_steps, share,
+                        step_generators[start : start + len(batch)], callback,
+                        class_labels=label, cfg_scale=cfg_scale,
                     )  # fmt: skip
                 images.append(x_0.detach().float().cpu())
         return torch.cat(images)
