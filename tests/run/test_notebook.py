@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -11,7 +13,9 @@ from difftune.config import compose_config
 from difftune.errors import DifftuneError
 from difftune.hub.export import export_checkpoint
 from difftune.run.train import train
-from helpers.runs import UNET_WEIGHTS, unet_weights
+from helpers.compose import CONF
+from helpers.faults import AtStep, run_with
+from helpers.runs import UNET_WEIGHTS, losses, step_of, unet_weights
 
 SHORT = [  # 2 steps of the embedded default, no grids or curves
     "trainer.max_steps=2", "trainer.val_check_interval=2", "data.num_images=48",
@@ -60,3 +64,59 @@ def test_bad_values_are_the_command_lines_one_line_before_anything_loads(tmp_pat
         compose_config("eval")
     with pytest.raises(DifftuneError, match=r"^overrides='seed=1': pass a list of key=value"):
         compose_config("train", "seed=1")
+
+
+def test_overrides_from_a_generator_and_two_default_dirs_in_one_second(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config("train", (o for o in ["trainer.max_steps=7"]))
+    assert cfg.trainer.max_steps == 7  # not the default: the generator was read once, and used
+    configs = [compose_config("train", [f"model.optimizer.lr={lr}"]) for lr in (1e-4, 3e-4)]
+    first, second = (c.paths.output_dir for c in configs)
+    assert first != second and cfg.paths.output_dir not in (first, second)
+
+
+def test_resume_true_from_python_continues_in_the_run_dir_of_its_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the resume index under ./outputs, as for a command line
+    every_step = [*SHORT, "trainer.log_every_n_steps=1"]
+    train(compose_config("train", every_step, output_dir="first"))
+    cfg = compose_config("train", [*every_step, "trainer.max_steps=4", "resume=true"])
+    assert cfg.paths.output_dir == str(tmp_path / "first")
+    train(cfg)
+    assert sorted(losses(tmp_path / "first")) == [0, 1, 2, 3]  # one metrics.csv for the run
+
+
+def test_a_notebooks_own_hydra_is_kept_and_where_keys_and_flags_are_refused(tmp_path):
+    initialize_config_dir(config_dir=str(CONF), version_base="1.3")  # the user's, not in a with
+    try:
+        cfg = compose_config("sample", ["num_images=2"], output_dir=tmp_path / "s")
+        assert cfg.num_images == 2
+        assert GlobalHydra.instance().is_initialized()  # theirs, back
+        assert compose("sample").num_images == 16
+    finally:
+        GlobalHydra.instance().clear()
+    with pytest.raises(DifftuneError, match=r"^paths\.output_dir=/x: where a run writes is "):
+        compose_config("train", ["paths.output_dir=/x"], output_dir=tmp_path / "t")
+    with pytest.raises(DifftuneError, match=r"^overrides: '-m' is a command-line flag"):
+        compose_config("train", ["-m", "seed=1,2"], output_dir=tmp_path / "t")
+
+
+def test_a_value_set_after_composing_is_the_command_lines_one_line(tmp_path):
+    cfg = compose_config("train", SHORT, output_dir=tmp_path / "run")
+    cfg.data.batch_size = 0
+    with pytest.raises(DifftuneError) as err:
+        train(cfg)
+    assert str(err.value) == "data.batch_size=0 must be an integer >= 1"
+
+
+def test_ctrl_c_in_a_notebook_is_a_keyboard_interrupt_that_says_where_to_resume(tmp_path):
+    def ctrl_c(trainer) -> None:
+        raise KeyboardInterrupt
+
+    cfg = compose_config("train", [*SHORT, "trainer.max_steps=4"], output_dir=tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt) as stop:  # not Lightning's SystemExit(1)
+        run_with(cfg, AtStep(2, ctrl_c))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert str(stop.value) == f"training stopped by Ctrl-C at step 2; resume with ckpt_path={ckpt}"
+    assert step_of(ckpt) == 2
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "Ctrl-C at step 2: saved" in log  # train.log, as a command-line run writes it

@@ -69,10 +69,11 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = getattr(stop, "resume_hint", "")
             sys.stderr.write(f"error: stopped by {signal}{' ' + where if where else ''}\n")
             sys.exit(2)
-        except KeyboardInterrupt:  # before the fit started (or after it): nothing to resume
-            if full_trace():
+        except KeyboardInterrupt as err:  # before the fit started or after it (nothing to
+            if full_trace():  # resume), or `train(cfg)` called outside Hydra's job
                 raise
-            sys.stderr.write("error: stopped by Ctrl-C\n")
+            where = getattr(err, "resume_hint", "")
+            sys.stderr.write(f"error: stopped by Ctrl-C{' ' + where if where else ''}\n")
             sys.exit(2)
         except Exception as err:
             cause = (

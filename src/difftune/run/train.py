@@ -12,7 +12,6 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
@@ -21,7 +20,7 @@ from difftune.callbacks.export import final_metrics
 from difftune.hub.checkpoints import check_checkpoint_matches
 from difftune.run.checks import check_train_config
 from difftune.run.loggers import finished_runs, log_config
-from difftune.run.provenance import record_outside_hydra
+from difftune.run.notebook import as_python_call
 from difftune.run.resume import checkpoint_to_resume
 from difftune.run.run_dir import claim_run_dir
 
@@ -30,9 +29,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune `cfg.model` on `cfg.data`; checkpoints, grids, curves and `pipeline/` come from
     the callbacks. The config is read, never written."""
     check_train_config(cfg)
-    with claim_run_dir(cfg):  # writable, and no other run's: checked before anything loads
-        if not HydraConfig.initialized():  # from Python: the run dir a command line leaves
-            record_outside_hydra(cfg)
+    with claim_run_dir(cfg), as_python_call(cfg):  # claim: checked before anything loads
         ckpt_path = checkpoint_to_resume(cfg)
         seed_everything(cfg.seed, workers=True)
         with torch_flags(cfg.get("matmul_precision")):
