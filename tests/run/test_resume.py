@@ -229,3 +229,16 @@ def test_resume_key_ignores_what_does_not_change_the_training(override, same, tm
     """`resume=true` finds a run by this key: the same training, watched or cut differently."""
     base = run_key(compose_train(output_dir=tmp_path))
     assert (run_key(compose_train(override, output_dir=tmp_path)) == base) is same
+
+
+def test_resuming_a_finished_run_leaves_its_metrics_and_export_as_they_are(tmp_path):
+    run = tmp_path / "run"
+    metrics = train(quick(run, "trainer.log_every_n_steps=1", steps=2))
+    final = (run / "final_metrics.json").read_text()
+    weights = (run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    again = train(quick(run, "trainer.log_every_n_steps=1", "resume=true", steps=2))
+    assert again == pytest.approx(metrics)  # its own, not the {} of a fit with no step left
+    assert (run / "final_metrics.json").read_text() == final
+    assert (run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        weights
+    )

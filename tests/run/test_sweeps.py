@@ -10,7 +10,7 @@ from PIL import Image
 
 from helpers.cli import SHRINK_CLI, run_cli
 from helpers.compose import CONF
-from helpers.runs import summary_rows
+from helpers.runs import step_of, summary_rows
 
 
 @pytest.mark.slow
@@ -87,3 +87,29 @@ def test_optuna_sweep_minimises_the_objective_and_summarises(tmp_path):
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
     kids = [float(r["metrics"].split("val/kid_small=")[1].split()[0]) for r in rows]
     assert best["best_value"] == pytest.approx(min(kids), rel=1e-3)  # the summary shows 4 digits
+
+
+@pytest.mark.slow
+def test_resume_true_finishes_an_interrupted_sweep_each_job_from_its_own_dir(tmp_path):
+    """Jobs that differ only in keys the resume index leaves out (max_steps) never take each
+    other's checkpoint; a finished job keeps its metrics and export; a job that never ran runs."""
+    sweep = tmp_path / "sweep"
+    shrunk = [o for o in SHRINK_CLI if not o.startswith("trainer.max_steps=")]
+    common = [*shrunk, "callbacks.model_checkpoint.every_n_train_steps=2",
+              f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    first = run_cli("-m", "trainer.max_steps=2", *common)  # job 1 (4 steps) never ran
+    assert first.returncode == 0, first.stderr[-2000:]
+    metrics = (sweep / "0" / "final_metrics.json").read_text()
+    weights = sweep / "0" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+    exported = weights.read_bytes()
+
+    again = run_cli("-m", "trainer.max_steps=2,4", "resume=true", *common)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (sweep / "0" / "final_metrics.json").read_text() == metrics  # not emptied
+    assert weights.read_bytes() == exported  # not another job's weights
+    output = again.stdout + again.stderr
+    assert "no checkpoint in this job's dir yet; the job starts fresh" in output
+    assert step_of(sweep / "1" / "checkpoints" / "last.ckpt") == 4
+    rows = summary_rows(sweep)
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed")]
+    assert float(rows[0]["train/loss"]) == pytest.approx(json.loads(metrics)["train/loss"])

@@ -107,16 +107,55 @@ def latest_checkpoint(cfg: DictConfig) -> Path:
     return scored[0][2]
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and str(HydraConfig.get().mode).endswith("MULTIRUN")
+
+
+def own_checkpoint(cfg: DictConfig) -> Path | None:
+    """A sweep job's own newest checkpoint (its jobs differ in keys the index leaves out, e.g.
+    max_steps, so another job's is never taken), or None: the job has not run yet."""
+    own = Path(cfg.paths.output_dir)
+    scored = sorted(
+        ((_step(c), c.stat().st_mtime, c) for c in own.glob("checkpoints/*.ckpt")), reverse=True
+    )
+    return scored[0][2] if scored and scored[0][0] >= 0 else None
+
+
 def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     """The checkpoint this run starts from: `ckpt_path`, or with `resume=true` the newest of this
-    configuration's runs. Indexes this run (rank 0), so that a later `resume=true` finds it."""
+    configuration's runs (in a `-m` sweep: of the job's own dir, where a job that never ran
+    starts fresh, so one command finishes an interrupted sweep). Indexes this run (rank 0), so
+    that a later `resume=true` finds it."""
     ckpt_path = cfg.get("ckpt_path")
-    if cfg.get("resume"):
+    if cfg.get("resume") and _in_multirun():
+        found = own_checkpoint(cfg)
+        ckpt_path = None if found is None else str(found)
+        if found is None:
+            log.info("resume=true: no checkpoint in this job's dir yet; the job starts fresh")
+        else:
+            log.info("resume=true: resuming from %s", ckpt_path)
+    elif cfg.get("resume"):
         ckpt_path = str(latest_checkpoint(cfg))
         log.info("resume=true: resuming from %s", ckpt_path)
     if rank_zero_only.rank == 0:
         register_run(cfg)
     return ckpt_path
+
+
+def finished_metrics(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float] | None:
+    """A run resumed in its own dir from a checkpoint at its `max_steps`: it is done, and its
+    `final_metrics.json` (which a fit of no steps would empty) is what it returns; else None."""
+    max_steps = cfg.trainer.get("max_steps") or -1
+    own = Path(cfg.paths.output_dir).resolve()
+    final = own / "final_metrics.json"
+    if ckpt_path is None or max_steps < 0 or not final.is_file():
+        return None
+    if Path(ckpt_path).resolve().parent.parent != own or _step(Path(ckpt_path)) < max_steps:
+        return None
+    log.info("%s is at step %d, this run's max_steps: nothing left to train", ckpt_path, max_steps)
+    return json.loads(final.read_text())
 
 
 def continue_in_its_dir(config_dir: Path, config_name: str, argv: list[str]) -> list[str]:

@@ -21,7 +21,7 @@ from difftune.hub.checkpoints import check_checkpoint_matches
 from difftune.run.checks import check_train_config
 from difftune.run.loggers import finished_runs, log_config
 from difftune.run.notebook import as_python_call
-from difftune.run.resume import checkpoint_to_resume
+from difftune.run.resume import checkpoint_to_resume, finished_metrics
 from difftune.run.run_dir import claim_run_dir
 
 
@@ -31,6 +31,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_train_config(cfg)
     with claim_run_dir(cfg), as_python_call(cfg):  # claim: checked before anything loads
         ckpt_path = checkpoint_to_resume(cfg)
+        done = finished_metrics(cfg, ckpt_path)
+        if done is not None:  # resumed at its max_steps: its outputs stay as they are
+            return done
         seed_everything(cfg.seed, workers=True)
         with torch_flags(cfg.get("matmul_precision")):
             datamodule, module, trainer = build(cfg)
