@@ -186,6 +186,12 @@ def test_sample_py_refuses_a_dir_that_holds_files(tmp_path):
         ("train", "model.optimizer.lr=1e-4,-1", "model.optimizer.lr=-1 must be a number > 0"),
         ("train", "trainer.max_steps=2,abc", "trainer.max_steps='abc' must be an integer >= 1"),
         ("sample", "num_images=1,0", "num_images=0 must be an integer >= 1"),
+        # the data module's and the LightningModule's own checks, without data or a UNet
+        ("train", "data.batch_size=16,0", "data.batch_size=0 must be an integer >= 1"),
+        ("train", "data.num_images=48,0", "data.num_images=0 must be an integer >= 1"),
+        ("train", "model.noise_offset=0,-1", "model.noise_offset=-1 must be >= 0"),
+        ("train", "model.snr_gamma=5,-5", "model.snr_gamma=-5 must be > 0 (5 is usual) or null"),
+        ("train", "model.compile=false,maybe", "model.compile=maybe must be true or false"),
     ],
 )
 def test_a_sweep_with_one_bad_job_fails_before_any_job_runs(script, sweep, message, tmp_path):

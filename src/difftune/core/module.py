@@ -50,6 +50,26 @@ def warn_eager(error: Exception) -> None:
     )
 
 
+def check_module_options(
+    snr_gamma: float | None = None,
+    noise_offset: float = 0.0,
+    class_embedding_lr: float | None = None,
+    **levers: bool,
+) -> None:
+    """The numbers and switches of `model.*` that need no UNet: checked by the module, and by
+    the preflight of every job of a command line before any starts."""
+    if class_embedding_lr is not None and not (is_number(class_embedding_lr) and
+                                               class_embedding_lr > 0):  # fmt: skip
+        raise DifftuneError(f"model.class_embedding_lr={class_embedding_lr} must be > 0 or null")
+    if snr_gamma is not None and not (is_number(snr_gamma) and snr_gamma > 0):
+        raise DifftuneError(f"model.snr_gamma={snr_gamma} must be > 0 (5 is usual) or null")
+    if not (is_number(noise_offset) and noise_offset >= 0):
+        raise DifftuneError(f"model.noise_offset={noise_offset} must be >= 0 (0.05-0.1 usual)")
+    for key, value in levers.items():
+        if not isinstance(value, bool):
+            raise DifftuneError(f"model.{key}={value} must be true or false")
+
+
 class DiffusionFineTuner(LightningModule):
     """Fine-tunes a pretrained `UNet2DModel` with MSE against the scheduler's training target."""
 
@@ -80,10 +100,11 @@ class DiffusionFineTuner(LightningModule):
         if self.class_names is not None:  # starts exactly at the pretrained model, every label
             unet = add_class_embedding(unet, self.class_names)
         self.p_uncond = p_uncond
-        if class_embedding_lr is not None and not class_embedding_lr > 0:
-            raise DifftuneError(
-                f"model.class_embedding_lr={class_embedding_lr} must be > 0 or null"
-            )
+        check_module_options(
+            snr_gamma, noise_offset, class_embedding_lr,
+            gradient_checkpointing=gradient_checkpointing, channels_last=channels_last,
+            compile=compile,
+        )  # fmt: skip
         self.class_embedding_lr = class_embedding_lr
         self.unet = unet.train()  # from_pretrained returns eval mode; Lightning keeps modes
         self.noise_scheduler = noise_scheduler
@@ -91,21 +112,9 @@ class DiffusionFineTuner(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.pretrained = pretrained
         self.seed = seed
-        if snr_gamma is not None and not (is_number(snr_gamma) and snr_gamma > 0):
-            raise DifftuneError(f"model.snr_gamma={snr_gamma} must be > 0 (5 is usual) or null")
         self.snr_gamma = snr_gamma
-        if not (is_number(noise_offset) and noise_offset >= 0):
-            raise DifftuneError(f"model.noise_offset={noise_offset} must be >= 0 (0.05-0.1 usual)")
         self.noise_offset = noise_offset
         self.batches_seen = 0  # training batches drawn so far, this run and the ones it resumes
-        levers = {
-            "gradient_checkpointing": gradient_checkpointing,
-            "channels_last": channels_last,
-            "compile": compile,
-        }
-        for key, value in levers.items():
-            if not isinstance(value, bool):
-                raise DifftuneError(f"model.{key}={value} must be true or false")
         if gradient_checkpointing:  # recompute each block's activations in the backward
             self.unet.enable_gradient_checkpointing()
         self.channels_last = channels_last

@@ -74,7 +74,8 @@ def check_optimizer(optimizer_cfg: DictConfig) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Cheap checks of the composed config; the UNet is looked at through its config.json only."""
-    from difftune.run.loggers import check_loggers  # here: sample.py's checks need no Lightning
+    from difftune.core.module import check_module_options  # here: sample.py's checks need
+    from difftune.run.loggers import check_loggers  # no Lightning
 
     check_hardware(cfg)
     check_loggers(cfg)
@@ -120,6 +121,11 @@ def check_train_config(cfg: DictConfig) -> None:
             stacklevel=2,
         )
     check_optimizer(cfg.model.optimizer)
+    model = cfg.model
+    check_module_options(
+        model.get("snr_gamma"), model.get("noise_offset", 0.0), model.get("class_embedding_lr"),
+        **{k: model.get(k, False) for k in ("gradient_checkpointing", "channels_last", "compile")},
+    )  # fmt: skip
     unet_config = unet_config_of(cfg.model)
     check_image_size(cfg.data.get("image_size"), unet_config)
     labelled = [] if cfg.data.get("label_column") else None  # the names come with the data

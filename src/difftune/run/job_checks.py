@@ -25,8 +25,11 @@ def _in_job_dir(cfg: DictConfig, job_dir: Path) -> None:
 
 def check_train_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
     """Writable, not held by a running run, not another run's work; then the config's values."""
+    import hydra
+
     from difftune.run.build_errors import config_error  # here: `--help` needs none of these
     from difftune.run.checks import check_train_config
+    from difftune.run.cli import user_error
     from difftune.run.run_dir import check_not_in_use, reuse_refusal  # (Lightning: seconds)
 
     check_writable(key, job_dir, job_dir)
@@ -40,12 +43,13 @@ def check_train_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
         warnings.simplefilter("ignore")
         try:
             check_train_config(cfg)
+            hydra.utils.instantiate(cfg.data)  # its constructor's checks (no data is read)
         except DifftuneError:
             raise
-        except Exception as err:  # a library rejected a value: its one line, where there is
-            cause = config_error(err, cfg)  # one; else the job meets it again, inside the entry
-            if cause is not None:  # point's boundary
-                raise cause from None
+        except Exception as err:  # a library (or a constructor of ours) rejected a value: its
+            cause = config_error(err, cfg) or user_error(err)  # one line, where there is one;
+            if cause is not None:  # else the job meets it again, inside the entry point's
+                raise cause from None  # boundary
 
 
 def check_sample_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
