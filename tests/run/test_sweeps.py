@@ -21,8 +21,11 @@ def test_multirun_runs_every_job_and_records_a_failed_one_in_the_summary(tmp_pat
     fake.write_text("not a checkpoint\n")
     sweep = tmp_path / "sweep"
     result = run_cli("-m", f"ckpt_path={fake},null", *SHRINK_CLI, f"hydra.sweep.dir={sweep}")
-    assert result.returncode != 0  # Hydra reports the failed job at the end
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert f"error: ckpt_path={fake}: not a checkpoint" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after every job ran: the failed ones
+    assert last.startswith(f"error: 1 of 2 jobs failed (job 0: ckpt_path={fake}: not a ")
+    assert last.endswith(f"each job's status is in {sweep / 'summary.csv'}")
 
     rows = summary_rows(sweep)
     assert [r["job"] for r in rows] == ["0", "1"]

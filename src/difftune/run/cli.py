@@ -18,6 +18,7 @@ from difftune.run.build_errors import config_error, interpolation_error
 from difftune.run.disk import disk_error
 from difftune.run.memory import memory_error
 from difftune.run.preflight import check_command_line
+from difftune.run.sweep import FailedJob
 
 
 def user_error(err: BaseException) -> DifftuneError | None:
@@ -50,9 +51,9 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     User errors are `DifftuneError`s, the values a library rejected while an object was built
     from the config (`config_error`), a full or read-only disk (`disk_error`), and an allocation
-    too large for the machine (`memory_error`). In a multirun
-    the error fails only its job: Hydra records it and runs the others. `DEBUG=1` or
-    `HYDRA_FULL_ERROR=1` re-raises them with the traceback.
+    too large for the machine (`memory_error`). In a multirun the error fails only its job,
+    which returns a `FailedJob`; the others run. `DEBUG=1` or `HYDRA_FULL_ERROR=1` re-raises them
+    with the traceback.
     """
 
     @functools.wraps(fn)
@@ -89,11 +90,12 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
             if not in_multirun():
                 sys.exit(2)
             failed, cause = str(cause), None  # `cause` may hold a traceback into the job
-        # a multirun's failed job: Hydra keeps the error it records for the whole sweep, so it
-        # gets a new one, raised here, outside the handler, with no traceback into the job (whose
-        # frames hold its model, optimizer and activations); the next job has that memory back
+        # a multirun's failed job returns (NaN, with its line), so the other jobs run and an
+        # optimising sweeper records a failed trial and goes on; the sweep ends in one line and
+        # exit 2 (`SweepSummary`). Outside the handler, nothing of the job (its model, optimizer
+        # and activations, held by the error's frames) is kept: the next job has that memory
         release_memory()
-        raise DifftuneError(failed)
+        return FailedJob(failed)
 
     return wrapper
 

@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 
 from difftune.core.conditioning import class_label_id, class_names_of
 from difftune.core.sampling import sample, set_timesteps
-from difftune.data.resumable import mix_seed
 from difftune.errors import DifftuneError, require_int
 from difftune.guidance.guide import Guidance
 from difftune.hub.pipelines import load_noise_scheduler, load_unet, load_unet_config
 from difftune.pictures.images import save_grid, save_panels, to_pil_list
 from difftune.pictures.plots import plot_progression, plot_schedules
 from difftune.run.checks import check_device, check_image_size, check_seed
+from difftune.seeds import mix_seed
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from difftune.errors import DifftuneError
 from difftune.run.redaction import redact_text
 
 METRICS = ("train/loss", "val/loss")
+USER_ERROR = "DifftuneError"  # the status of a job that stopped on a user error
 COLUMNS = ("job", "status", "overrides", *METRICS, "metrics", "wall_s", "path")
 
 
@@ -35,13 +37,21 @@ def _is_rank_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
 
 
+class FailedJob(str):
+    """What a sweep job that stopped on a user error returns to Hydra instead of raising: its
+    one line. Not a number, so an optimising sweeper (Optuna) records a failed trial and goes on;
+    the other jobs run, and `SweepSummary` ends the sweep in one line and exit 2."""
+
+
 def job_row(job: int, job_return: JobReturn, seconds: float, path: str) -> dict[str, Any]:
     """One summary row: what the job was asked, how it ended and its final numbers."""
-    failed = job_return.status != JobStatus.COMPLETED
+    crashed = job_return.status != JobStatus.COMPLETED
     try:
         result = job_return.return_value  # re-raises a failed job's exception
     except Exception as err:
         result = err
+    failed = crashed or isinstance(result, FailedJob)
+    kind = USER_ERROR if isinstance(result, FailedJob) else type(result).__name__
     final = Path(path) / "final_metrics.json"  # train.py's; sample.py returns its own dict
     if failed:
         values = {}
@@ -53,7 +63,7 @@ def job_row(job: int, job_return: JobReturn, seconds: float, path: str) -> dict[
     error = str(result).splitlines()[0] if failed and result is not None else ""
     return {
         "job": job,
-        "status": f"failed: {type(result).__name__}: {error}" if failed else "completed",
+        "status": f"failed: {kind}: {error}" if failed else "completed",
         "overrides": " ".join(map(redact_text, job_return.overrides or [])),
         **{m: values.get(m, "") for m in METRICS},
         "metrics": " ".join(f"{k}={v:.4g}" for k, v in sorted(extra.items())),
@@ -129,6 +139,7 @@ class SweepSummary(Callback):
 
     def __init__(self) -> None:
         self._start = time.perf_counter()
+        self._sweep_start = 0.0
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._start = time.perf_counter()
@@ -146,6 +157,28 @@ class SweepSummary(Callback):
         rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
         write_tables(sweep_dir, rows)
         write_montage(sweep_dir, rows)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._sweep_start = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """After every job ran: the jobs of this sweep that stopped on a user error (their rows,
+        written by whichever process ran them), in one line, and exit status 2."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = [
+            json.loads(p.read_text())
+            for p in sorted((sweep_dir / ".summary").glob("*.json"))
+            if p.stat().st_mtime >= self._sweep_start
+        ]
+        failed = [r for r in rows if r["status"].startswith(f"failed: {USER_ERROR}: ")]
+        if not failed or not _is_rank_zero():
+            return
+        first = failed[0]["status"].removeprefix(f"failed: {USER_ERROR}: ")
+        sys.stderr.write(
+            f"error: {len(failed)} of {len(rows)} jobs failed (job {failed[0]['job']}: {first}); "
+            f"each job's status is in {sweep_dir / 'summary.csv'}\n"
+        )
+        sys.exit(2)
 
 
 def objective(metrics: dict[str, float], key: str | None) -> dict[str, float] | float:
