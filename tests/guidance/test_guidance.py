@@ -103,6 +103,8 @@ def test_clip_loss_weights_several_prompts(tiny_clip):
         (lambda: Guidance(ColorLoss(), 1.0, grad_clip_rms=0), "grad_clip_rms=0"),
         (lambda: ColorLoss((0.8, 0.4, 1.6)), r"target_rgb=\(0.8, 0.4, 1.6\).*\[0, 1\]"),
         (lambda: ColorLoss((0.8, 0.4)), "expected 3 values"),
+        (lambda: Guidance(ColorLoss(), 1.0, through_unet="no"), "through_unet='no': expected tr"),
+        (lambda: Guidance(ColorLoss(), 1.0, clip_x0="false"), "clip_x0='false': expected true"),
     ],
 )
 def test_bad_guidance_settings(make, match):

@@ -81,14 +81,17 @@ class Guidance:
             )
         if grad_clip_rms is not None and not float(grad_clip_rms) > 0:
             raise GuidanceError(f"guidance grad_clip_rms={grad_clip_rms!r}: expected > 0 or None")
+        for key, value in (("through_unet", through_unet), ("clip_x0", clip_x0)):
+            if not isinstance(value, bool):  # bool("false") is True: a costly surprise
+                raise GuidanceError(f"guidance {key}={value!r}: expected true or false")
         self.loss = loss
         self.scale = float(scale)
-        self.through_unet = bool(through_unet)
+        self.through_unet = through_unet
         self.schedule = schedule
         self.apply_to = apply_to
         self.grad_clip_rms = None if grad_clip_rms is None else float(grad_clip_rms)
         #: the loss sees x̂0 clipped/thresholded as the scheduler's `step` does (the article's x0)
-        self.clip_x0 = bool(clip_x0)
+        self.clip_x0 = clip_x0
         #: steps of the last sample() where the gradient was not finite (taken unguided)
         self.nonfinite_steps = 0
 
