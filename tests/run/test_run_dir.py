@@ -178,6 +178,10 @@ def test_sample_py_refuses_a_dir_that_holds_files(tmp_path):
         "overwrite; pass a new directory"
     )
     check_command_line(CONF, "sample", [f"hydra.run.dir={tmp_path / 'new'}"], JOB_CHECKS["sample"])
+    failed = tmp_path / "failed"  # what a sample.py run that stopped on an error leaves
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / "sample.log").write_text("error: guidance.scale=abc ...\n")
+    check_command_line(CONF, "sample", [f"hydra.run.dir={failed}"], JOB_CHECKS["sample"])
 
 
 @pytest.mark.parametrize(

@@ -52,12 +52,16 @@ def check_train_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
                 raise cause from None  # boundary
 
 
+FAILED_RUN_LEFT = (".hydra", "sample.log")  # what a sample.py run that failed leaves
+
+
 def check_sample_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
     """A new (or empty) dir: `sample.py` writes `grid.png`, `images/` and `.hydra/` there."""
     from difftune.run.sample_images import check_sample_config  # here: as above
 
     check_writable(key, job_dir, job_dir)
     entries = sorted(p.name for p in job_dir.iterdir()) if job_dir.is_dir() else []
+    entries = [e for e in entries if e not in FAILED_RUN_LEFT]  # a failed run's: rerun there
     if entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise DifftuneError(
