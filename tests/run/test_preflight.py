@@ -78,3 +78,16 @@ def test_slurm_without_the_submitit_launcher_is_one_line():
         "hardware=slurm needs the Hydra submitit launcher: pip install hydra-submitit-launcher "
         "(it is in difftune's dependencies)"
     )
+
+
+def test_a_slurm_sweep_where_there_is_no_slurm_names_the_local_launcher(tmp_path, monkeypatch):
+    monkeypatch.setattr(preflight.shutil, "which", lambda name: None)  # no sbatch here
+    args = ["-m", "hardware=slurm", "model.optimizer.lr=1e-5,3e-5", f"hydra.sweep.dir={tmp_path}"]
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, "train", args)
+    assert str(err.value) == (
+        "hardware=slurm: no SLURM on this machine (sbatch not found); submit from a cluster's "
+        "login node, or run the jobs here: hydra/launcher=submitit_local instead of hardware=slurm"
+    )
+    here = ["-m", "hydra/launcher=submitit_local", *args[2:]]
+    check_command_line(CONF, "train", here)  # that one passes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,12 @@ def check_hardware(cfg: DictConfig, multirun: bool = False) -> None:
     trainer = cfg.trainer
     hydra_cfg = cfg.get("hydra") or {}
     if str(hydra_cfg.get("launcher", {}).get("_target_", "")).endswith("SlurmLauncher"):
+        if multirun and shutil.which("sbatch") is None:  # submitit's traceback, otherwise
+            raise DifftuneError(
+                "hardware=slurm: no SLURM on this machine (sbatch not found); submit from a "
+                "cluster's login node, or run the jobs here: hydra/launcher=submitit_local "
+                "instead of hardware=slurm"
+            )
         return  # the jobs run on the cluster's nodes, which check their own GPUs
     choices = hydra_cfg.get("runtime", {}).get("choices", {})
     choice, experiment = choices.get("hardware", ""), choices.get("experiment")
