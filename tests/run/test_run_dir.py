@@ -157,6 +157,15 @@ def job_check(*argv: str, script: str = "train") -> str:
     return one_line(err)
 
 
+def test_a_sweep_into_a_dir_of_finished_jobs_names_the_sweep_dir_key(tmp_path):
+    job = tmp_path / "sweep" / "0"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"a finished job's checkpoint")
+    message = job_check("-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert message.startswith(f"paths.output_dir={job} already holds a run's work")
+    assert message.endswith("or write to a new dir (hydra.sweep.dir=...)")  # not hydra.run.dir
+
+
 def test_a_held_run_dir_is_refused_before_hydra_writes_into_it(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

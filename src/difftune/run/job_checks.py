@@ -36,7 +36,7 @@ def check_train_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
     check_not_in_use(job_dir)
     _in_job_dir(cfg, job_dir)
     if job_dir.is_dir():
-        refusal = reuse_refusal(cfg, job_dir)
+        refusal = reuse_refusal(cfg, job_dir, key)
         if refusal is not None:
             raise DifftuneError(refusal)
     with warnings.catch_warnings():  # the job itself warns, once

@@ -106,7 +106,7 @@ def _in_use(run_dir: Path, lock: IO[str]) -> str:
     holder = lock.read().strip() or "another process"
     return (
         f"paths.output_dir={run_dir}: in use by a run that is still going ({holder}); "
-        "write to another dir (hydra.run.dir=...) or wait until it ends"
+        f"write to another dir ({_dir_key()}=...) or wait until it ends"
     )
 
 
@@ -123,9 +123,9 @@ def check_not_in_use(run_dir: Path) -> None:
             return  # no flock on this file system: the run's own claim says so
 
 
-def reuse_refusal(cfg: DictConfig, run_dir: Path) -> str | None:
+def reuse_refusal(cfg: DictConfig, run_dir: Path, dir_key: str | None = None) -> str | None:
     """Why this run may not write to `run_dir`, or None: a dir holding checkpoints or this run's
-    export is only for the run that continues them."""
+    export is only for the run that continues them. `dir_key` names a new dir in the message."""
     root = run_dir.resolve()
     found = [p.relative_to(run_dir) for p in run_dir.glob("**/*.ckpt")]
     work = sorted(str(p) for p in found if not p.parts[0].startswith("."))
@@ -139,8 +139,16 @@ def reuse_refusal(cfg: DictConfig, run_dir: Path) -> str | None:
     return (
         f"paths.output_dir={run_dir} already holds a run's work ({shown}); continue "
         "that run with resume=true (or ckpt_path=<one of its checkpoints>), or write to a new dir "
-        "(hydra.run.dir=...)"
+        f"({dir_key or _dir_key()}=...)"
     )
+
+
+def _dir_key() -> str:
+    """The key that names a new dir: the sweep's in a `-m` sweep, else the run's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    multirun = HydraConfig.initialized() and str(HydraConfig.get().mode).endswith("MULTIRUN")
+    return "hydra.sweep.dir" if multirun else "hydra.run.dir"
 
 
 def _continues(cfg: DictConfig, run_dir: Path) -> bool:
