@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
+from difftune.run.sweep import SweepSummary
 from helpers.cli import SHRINK_CLI, run_cli
 from helpers.compose import CONF
 from helpers.runs import step_of, summary_rows
@@ -116,3 +118,13 @@ def test_resume_true_finishes_an_interrupted_sweep_each_job_from_its_own_dir(tmp
     rows = summary_rows(sweep)
     assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed")]
     assert float(rows[0]["train/loss"]) == pytest.approx(json.loads(metrics)["train/loss"])
+
+
+def test_a_new_sweep_into_an_old_sweep_dir_summarises_only_its_own_jobs(tmp_path):
+    """Rows of an earlier sweep's jobs (here job 1, which the new sweep does not have) used to
+    stay in summary.csv beside the new ones."""
+    rows = tmp_path / ".summary"
+    rows.mkdir()
+    (rows / "0001.json").write_text('{"job": 1, "status": "completed"}')
+    SweepSummary().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert list(rows.iterdir()) == []

@@ -159,7 +159,12 @@ class SweepSummary(Callback):
         write_montage(sweep_dir, rows)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """The summary is this sweep's: rows an earlier sweep left in the same dir are dropped
+        (its jobs' dirs stay; `resume=true` runs every job again, finished ones at no cost)."""
         self._sweep_start = time.time()
+        if _is_rank_zero():
+            for old in (Path(config.hydra.sweep.dir) / ".summary").glob("*.json"):
+                old.unlink()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """After every job ran: the jobs of this sweep that stopped on a user error (their rows,
