@@ -188,3 +188,21 @@ def test_bad_sample_arguments(tiny_unet, noise):
         sample(tiny_unet, SCHEDULERS["ddim"](), noise, 0)
     with pytest.raises(DifftuneError, match="guidance=ColorLoss.*expected a Guidance"):
         sample(tiny_unet, SCHEDULERS["ddim"](), noise, 2, guidance=ColorLoss())
+
+
+@pytest.mark.parametrize(
+    ("noise", "message"),
+    [
+        (torch.randn(3, 16, 16), r"^sample noise=\(3, 16, 16\): expected a float tensor B×C×H×W$"),
+        (torch.randn(1, 3, 15, 16), r"noise of shape \(1, 3, 15, 16\): the UNet takes 3 channels "
+         r"and sides that are multiples of 2 \(e\.g\. 16\)$"),
+        (torch.randn(1, 4, 16, 16), r"noise of shape \(1, 4, 16, 16\): the UNet takes 3 channels"),
+        (torch.randn(1, 3, 16, 16).half(), r"^sample noise of dtype torch\.float16, the UNet's "
+         r"weights torch\.float32: pass noise\.to\(torch\.float32\), or sample under "),
+    ],
+)  # fmt: skip
+def test_noise_that_does_not_fit_the_unet_is_one_line_before_any_step(tiny_unet, noise, message):
+    """Before: torch's own errors from deep inside the UNet ("Sizes of tensors must match",
+    "Input type (c10::Half) and bias type (float) should be the same")."""
+    with pytest.raises(DifftuneError, match=message):
+        sample(tiny_unet, DDIMScheduler(), noise, num_inference_steps=2)

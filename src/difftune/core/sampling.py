@@ -14,6 +14,7 @@ from difftune.core.prediction import predict_x0
 from difftune.errors import DifftuneError, is_int_at_least
 from difftune.guidance.guide import Guidance, alphas_at, apply_guidance
 from difftune.guidance.x0_clip import scheduler_x0_clip
+from difftune.hub.pipelines import unet_downsample_factor
 
 
 def _unet_output(
@@ -39,6 +40,36 @@ def _as_list(guidance: Guidance | Sequence[Guidance] | None) -> list[Guidance]:
                 f"sample guidance={g!r}: expected a Guidance, a list of them or None"
             )
     return guidances
+
+
+def _check_noise(unet: Any, noise: Any) -> None:
+    """x_T fits the UNet: B×C×H×W floats with its channels, a size its down blocks halve
+    evenly, its dtype and device; one line each, not a shape error from deep in the UNet."""
+    if not isinstance(noise, torch.Tensor) or noise.ndim != 4 or not noise.is_floating_point():
+        shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise DifftuneError(f"sample noise={shape}: expected a float tensor B×C×H×W")
+    config = getattr(unet, "config", None)
+    if config is not None and "in_channels" in config:
+        channels, side = config["in_channels"], unet_downsample_factor(config)
+        if noise.shape[1] != channels or noise.shape[2] % side or noise.shape[3] % side:
+            raise DifftuneError(
+                f"sample noise of shape {tuple(noise.shape)}: the UNet takes {channels} channels "
+                f"and sides that are multiples of {side} (e.g. {config['sample_size']})"
+            )
+    parameter = next(iter(unet.parameters()), None) if hasattr(unet, "parameters") else None
+    if parameter is None:
+        return
+    if parameter.device != noise.device:
+        raise DifftuneError(
+            f"sample noise on {noise.device}, the UNet on {parameter.device}: move one "
+            f"(noise.to('{parameter.device}'))"
+        )
+    autocast = torch.is_autocast_enabled(noise.device.type)
+    if parameter.dtype != noise.dtype and not autocast:
+        raise DifftuneError(
+            f"sample noise of dtype {noise.dtype}, the UNet's weights {parameter.dtype}: pass "
+            f"noise.to({parameter.dtype}), or sample under torch.autocast"
+        )
 
 
 def _labels(
@@ -121,6 +152,7 @@ def sample(
     so that an image's noise does not depend on the batch it is drawn in.
     Returns the raw final sample in model space (not clamped), on ``noise``'s device and dtype.
     """
+    _check_noise(unet, noise)
     labels, null = _labels(unet, noise, class_labels, cfg_scale)
     guidances = _as_list(guidance)
     grad_through_unet = any(g.through_unet for g in guidances)
