@@ -1,7 +1,10 @@
 """Training from Python (a notebook): the command line's config, checks and run dir."""
 
 import json
+import os
+import random
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -120,3 +123,18 @@ def test_ctrl_c_in_a_notebook_is_a_keyboard_interrupt_that_says_where_to_resume(
     assert step_of(ckpt) == 2
     log = (tmp_path / "run" / "train.log").read_text()
     assert "Ctrl-C at step 2: saved" in log  # train.log, as a command-line run writes it
+
+
+def test_a_notebook_run_gives_the_random_state_and_environment_back(tmp_path, monkeypatch):
+    """seed_everything re-seeds every generator and sets PL_GLOBAL_SEED: the notebook's next
+    cell used to draw seed 0's numbers."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    before = (torch.random.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    train(compose_config("train", SHORT, output_dir=tmp_path / "run"))
+    assert torch.equal(torch.random.get_rng_state(), before[0])
+    assert random.getstate() == before[1]
+    assert np.array_equal(np.random.get_state()[1], before[2])
+    assert "PL_GLOBAL_SEED" not in os.environ

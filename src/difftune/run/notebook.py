@@ -3,10 +3,14 @@ point's boundary do for a command-line run, done for the call instead."""
 
 import copy
 import logging
+import os
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -18,6 +22,7 @@ from difftune.run.provenance import record_outside_hydra
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's train.log format
 LOGGERS = ("difftune", "lightning.pytorch")
+RUN_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG")  # seed_everything's
 
 
 @contextmanager
@@ -46,16 +51,39 @@ def _run_log(run_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """The random generators (Python, NumPy, torch) and the environment variables that
+    `seed_everything` and deterministic mode set, as they were before the run."""
+    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    env = {key: os.environ.get(key) for key in RUN_ENV}
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def as_python_call(cfg: DictConfig) -> Iterator[None]:
-    """Outside a Hydra job: the run dir's record and train.log; a value a library rejected is
-    raised as its one-line `DifftuneError`; Ctrl-C (which Lightning turns into `exit(1)`) as a
-    `KeyboardInterrupt` that says where to resume. Inside one, nothing: the entry point does it."""
+    """Outside a Hydra job: the run dir's record and train.log; the notebook's random state and
+    environment back after the run; a value a library rejected is raised as its one-line
+    `DifftuneError`; Ctrl-C (which Lightning turns into `exit(1)`) as a `KeyboardInterrupt` that
+    says where to resume. Inside one, nothing: the entry point does it."""
     if HydraConfig.initialized():
         yield
         return
     given = copy.deepcopy(cfg)  # instantiate resolves nodes in place
     record_outside_hydra(cfg)
-    with _run_log(Path(cfg.paths.output_dir)):
+    with _run_log(Path(cfg.paths.output_dir)), _process_state_kept():
         try:
             yield
         except SystemExit as err:
