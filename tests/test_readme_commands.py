@@ -76,6 +76,7 @@ def test_every_readme_command_composes_for_every_job(command, monkeypatch):
     script, overrides, _ = split(command)
     monkeypatch.setattr(preflight.torch.cuda, "is_available", lambda: True)  # GPU examples too
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "readme")  # torchrun's examples
+    monkeypatch.setattr(preflight.shutil, "which", lambda name: f"/usr/bin/{name}")  # SLURM's
     check_command_line(CONF, script, overrides)
 
 
