@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from difftune.errors import DifftuneError
+from difftune.errors import DifftuneError, error_chain
 
 LIGHTNING_ERRORS = "lightning.fabric.utilities.exceptions"  # looked up, not imported: it is slow
 INTERPOLATION = re.compile(r"^\$\{(\w[\w.]*)\}$")
-
-
-def _chain(err: BaseException | None) -> Iterable[BaseException]:
-    while err is not None:
-        yield err
-        err = err.__cause__ or err.__context__
 
 
 def library_errors() -> tuple[type[BaseException], ...]:
@@ -104,7 +98,7 @@ def interpolation_error(err: BaseException) -> DifftuneError | None:
 
     Hydra's instantiate resolves a value again, so an escaped `\\${` (a literal one, e.g. in a
     path) becomes an interpolation there."""
-    found = next((e for e in _chain(err) if isinstance(e, InterpolationResolutionError)), None)
+    found = next((e for e in error_chain(err) if isinstance(e, InterpolationResolutionError)), None)
     if found is None or not getattr(found, "full_key", None):
         return None
     return DifftuneError(
@@ -118,7 +112,7 @@ def config_error(
     err: BaseException, cfg: DictConfig | None, overrides: Sequence[str] = ()
 ) -> DifftuneError | None:
     """One line for a library's rejection of a config value during instantiation, else None."""
-    wrapper = next((e for e in _chain(err) if isinstance(e, InstantiationException)), None)
+    wrapper = next((e for e in error_chain(err) if isinstance(e, InstantiationException)), None)
     located = re.match(r"Error locating target '([^']+)'", str(wrapper or ""))
     if located and isinstance(cfg, DictConfig):
         found = re.search(r"full_key: (\S+)\s*$", str(wrapper))

@@ -90,7 +90,7 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
             if not in_multirun():
                 sys.exit(2)
             failed, cause = str(cause), None  # `cause` may hold a traceback into the job
-        # a multirun's failed job returns (NaN, with its line), so the other jobs run and an
+        # a multirun's failed job returns its line (a `FailedJob`), so the other jobs run and an
         # optimising sweeper records a failed trial and goes on; the sweep ends in one line and
         # exit 2 (`SweepSummary`). Outside the handler, nothing of the job (its model, optimizer
         # and activations, held by the error's frames) is kept: the next job has that memory

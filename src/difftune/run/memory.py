@@ -1,12 +1,11 @@
 """Out of memory: an allocation torch could not make, as one line naming the keys that size it."""
 
 import re
-from collections.abc import Iterator
 
 import torch
 from omegaconf import DictConfig
 
-from difftune.errors import DifftuneError
+from difftune.errors import DifftuneError, error_chain
 
 TRAIN_ADVICE = (
     "lower data.batch_size and raise trainer.accumulate_grad_batches to keep the effective "
@@ -19,17 +18,9 @@ SAMPLE_ADVICE = (
 )
 
 
-def _chain(err: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
-
-
 def out_of_memory(err: BaseException | None) -> BaseException | None:
     """The allocation failure behind `err` (torch's CUDA/CPU allocator, Python's), else None."""
-    for e in _chain(err):
+    for e in error_chain(err):
         if isinstance(e, torch.OutOfMemoryError | MemoryError):
             return e
         if isinstance(e, RuntimeError) and "DefaultCPUAllocator" in str(e):
@@ -60,7 +51,7 @@ def memory_error(err: BaseException, cfg: DictConfig | None) -> DifftuneError | 
     found = out_of_memory(err)
     if found is None:
         return None
-    where = next((e.memory_hint for e in _chain(err) if hasattr(e, "memory_hint")), "")
+    where = next((e.memory_hint for e in error_chain(err) if hasattr(e, "memory_hint")), "")
     if isinstance(cfg, DictConfig) and "trainer" in cfg:
         data, trainer = cfg.get("data", {}), cfg.trainer
         sizes = (
