@@ -64,6 +64,30 @@ def test_clip_guidance_lowers_clip_loss(tiny_unet, noise, tiny_clip):
     assert evaluate(guided) < evaluate(unguided) - 0.005
 
 
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
+def test_clip_guided_images_repeat_with_the_generator_whatever_the_global_seed(
+    tiny_unet, noise, tiny_clip, scheduler
+):
+    """The cut-outs draw from the sampling generator's seed, not torch's global RNG; sampling
+    leaves the global RNG where it was (a notebook's other draws do not shift)."""
+    g = Guidance(make_clip_loss(tiny_clip), scale=1000.0)
+
+    def run(global_seed: int, seed: int = 0) -> torch.Tensor:
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        generator = torch.Generator().manual_seed(seed)
+        x = sample(tiny_unet, SCHEDULERS[scheduler](), noise, 4, g, generator=generator)
+        assert torch.equal(torch.get_rng_state(), state)
+        return x
+
+    first = run(global_seed=1)
+    torch.testing.assert_close(run(global_seed=2), first, rtol=0, atol=0)
+    assert (run(global_seed=1, seed=5) - first).abs().max() > 1e-3  # another seed, other cuts
+    torch.manual_seed(1)
+    sample(tiny_unet, SCHEDULERS["ddim"](), noise, 4, g)  # no generator: the global RNG draws
+    assert not torch.equal(torch.get_rng_state(), torch.manual_seed(1).get_state())
+
+
 def test_clip_cuts_batched_in_one_forward_in_unit_range(tiny_clip):
     loss = make_clip_loss(tiny_clip, n_cuts=4)
     seen = []

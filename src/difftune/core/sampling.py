@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from difftune.errors import DifftuneError, is_int_at_least
 from difftune.guidance.guide import Guidance, alphas_at, apply_guidance
 from difftune.guidance.x0_clip import scheduler_x0_clip
 from difftune.hub.pipelines import unet_downsample_factor
+from difftune.seeds import mix_seed
 
 
 def _unet_output(
@@ -119,6 +121,27 @@ def _model_output(
     return unconditional + cfg_scale * (conditional - unconditional)
 
 
+@contextlib.contextmanager
+def _loss_randomness(
+    generator: torch.Generator | Sequence[torch.Generator] | None, device: torch.device, i: int
+) -> Iterator[None]:
+    """Random draws inside guidance losses (CLIP's cut-outs) at step i, seeded from (the seed(s)
+    of `generator`, i) on a forked global RNG: the same generator gives the same images whatever
+    the global state, and sampling leaves that state as it was. No generator: the global RNG."""
+    if generator is None:
+        yield
+        return
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    seed = mix_seed(i, *(g.initial_seed() for g in generators))
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if devices:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 def set_timesteps(scheduler: Any, num_inference_steps: Any, device: Any = None) -> None:
     """`scheduler.set_timesteps`, with a step count it cannot take as one `DifftuneError` line."""
     n = num_inference_steps
@@ -149,7 +172,8 @@ def sample(
     null label); `cfg_scale` w adds classifier-free guidance, ε_∅ + w·(ε_c − ε_∅): 1 is the
     conditional model, 0 the unconditional one. Loss guidance then acts on the x̂0 of that ε.
     `generator` draws the scheduler's step noise (DDPM): one for the batch, or one per image,
-    so that an image's noise does not depend on the batch it is drawn in.
+    so that an image's noise does not depend on the batch it is drawn in; its seed also seeds
+    the random draws of guidance losses (CLIP's cut-outs), on a forked RNG.
     Returns the raw final sample in model space (not clamped), on ``noise``'s device and dtype.
     """
     _check_noise(unet, noise)
@@ -182,9 +206,10 @@ def sample(
         # 3. guidance on x̂0 as the scheduler clips it: x_t ← x_t − s·w(t)·∇L(x̂0)
         #    and/or ε ← ε + √(1−ᾱ_t)·s·w(t)·∇L(x̂0)
         if guidances:
-            x_t, model_output = apply_guidance(
-                guidances, x_t, model_output, alpha_prod_t, prediction_type, x0_clip
-            )
+            with _loss_randomness(generator, noise.device, i):
+                x_t, model_output = apply_guidance(
+                    guidances, x_t, model_output, alpha_prod_t, prediction_type, x0_clip
+                )
 
         with torch.no_grad():
             # 4. progress report: x_t beside the x̂0 it predicts (no second scheduler.step)
