@@ -1,11 +1,16 @@
 """What a run left behind, read back: checkpoint steps, losses, weights, sweep summaries."""
 
 import csv
+import json
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import torch
 from diffusers import DDPMPipeline
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
+
+from difftune.run.objective import logged_metrics
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
@@ -36,3 +41,14 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
     """The rows of a sweep's summary.csv."""
     with open(sweep_dir / "summary.csv") as f:
         return list(csv.DictReader(f))
+
+
+def assert_metrics_were_known(run_dir: Path, cfg: DictConfig | None = None) -> None:
+    """Every key of a run's final_metrics.json matches a name `logged_metrics` gave from its
+    config (`.hydra/config.yaml` unless given) before it ran: what `objective=` is checked
+    against."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml") if cfg is None else cfg
+    patterns = logged_metrics(cfg)
+    metrics = json.loads((run_dir / "final_metrics.json").read_text())
+    unknown = [k for k in metrics if not any(fnmatchcase(k, p) for p in patterns)]
+    assert metrics and not unknown, (unknown, patterns)

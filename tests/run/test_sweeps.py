@@ -12,7 +12,7 @@ from PIL import Image
 from difftune.run.sweep import SweepSummary
 from helpers.cli import SHRINK_CLI, run_cli
 from helpers.compose import CONF
-from helpers.runs import step_of, summary_rows
+from helpers.runs import assert_metrics_were_known, step_of, summary_rows
 
 
 @pytest.mark.slow
@@ -40,6 +40,7 @@ def test_multirun_runs_every_job_and_records_a_failed_one_in_the_summary(tmp_pat
     assert (sweep / "1" / "pipeline" / "model_index.json").is_file()
     final = json.loads((sweep / "1" / "final_metrics.json").read_text())
     assert float(rows[1]["train/loss"]) == pytest.approx(final["train/loss"])
+    assert_metrics_were_known(sweep / "1")
 
     markdown = (sweep / "summary.md").read_text().splitlines()
     assert markdown[0].startswith("| job | status | overrides | train/loss | val/loss |")
@@ -92,6 +93,7 @@ def test_optuna_sweep_minimises_the_objective_and_summarises(tmp_path):
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
     kids = [float(r["metrics"].split("val/kid_small=")[1].split()[0]) for r in rows]
     assert best["best_value"] == pytest.approx(min(kids), rel=1e-3)  # the summary shows 4 digits
+    assert_metrics_were_known(tmp_path / "0")  # KID's names among them
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from difftune.core.ema import ema_decay
 from difftune.errors import DifftuneError
 from difftune.run.train import build, train
 from helpers.compose import ROOT, compose_train, shrink
+from helpers.runs import assert_metrics_were_known
 
 
 @pytest.mark.parametrize(
@@ -208,6 +209,7 @@ def test_metrics_follow_the_lr_and_ema_schedules_and_val_loss_is_the_emas(tmp_pa
     for row in rows:
         last.update({k: float(v) for k, v in row.items() if v and k not in ("step", "epoch")})
     assert json.loads((tmp_path / "final_metrics.json").read_text()) == pytest.approx(last)
+    assert_metrics_were_known(tmp_path, cfg)  # ema/decay and lr-AdamW among them
 
     datamodule, module, _ = build(shrink(cfg, steps=6))
     exported = UNet2DModel.from_pretrained(tmp_path / "pipeline" / "unet")

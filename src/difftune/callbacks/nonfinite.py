@@ -26,6 +26,9 @@ class NonFiniteGuard(Callback):
     run keeps `last.ckpt`, exports nothing and ends with one error line.
     """
 
+    #: what it logs (run/objective.py checks an `objective=` against these before training)
+    METRICS = ("train/nonfinite_skipped",)
+
     def __init__(self, on_nonfinite: str = "skip", max_consecutive: int = 10) -> None:
         if on_nonfinite not in POLICIES:
             raise ValueError(

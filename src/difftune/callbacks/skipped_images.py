@@ -80,6 +80,9 @@ class SkippedImages(Callback):
     one log line for the training epoch or validation that first skips a file (the same files
     again, at debug level), the full list in `skipped_images.txt` (each file once)."""
 
+    #: what it logs (run/objective.py checks an `objective=` against these before training)
+    METRICS = ("data/skipped",)
+
     def __init__(self) -> None:
         self.report = SkipReport()
 

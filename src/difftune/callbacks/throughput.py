@@ -29,6 +29,9 @@ class Throughput(Callback):
     is rank 0's.
     """
 
+    #: what it logs (run/objective.py checks an `objective=` against these before training)
+    METRICS = ("perf/images_per_s", "perf/peak_memory_mb")
+
     def __init__(self, every_n_steps: int = 10) -> None:
         if every_n_steps < 1:
             raise ValueError(f"callbacks.throughput.every_n_steps={every_n_steps} must be >= 1")

@@ -25,6 +25,9 @@ class EMA(WeightAveraging):
     correctly; `ema_unet(trainer)` gives the averaged UNet, which the export uses.
     """
 
+    #: what it logs (run/objective.py checks an `objective=` against these before training)
+    METRICS = ("ema/decay",)
+
     def __init__(
         self,
         decay: float = 0.9999,

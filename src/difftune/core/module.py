@@ -73,6 +73,9 @@ def check_module_options(
 class DiffusionFineTuner(LightningModule):
     """Fine-tunes a pretrained `UNet2DModel` with MSE against the scheduler's training target."""
 
+    #: what it logs, val/loss when data.val_size is not 0 (run/objective.py checks `objective=`)
+    METRICS = ("train/loss", "val/loss")
+
     def __init__(
         self,
         unet: UNet2DModel,

@@ -76,9 +76,11 @@ def check_train_config(cfg: DictConfig) -> None:
     """Cheap checks of the composed config; the UNet is looked at through its config.json only."""
     from difftune.core.module import check_module_options  # here: sample.py's checks need
     from difftune.run.loggers import check_loggers  # no Lightning
+    from difftune.run.objective import check_objective
 
     check_hardware(cfg)
     check_loggers(cfg)
+    check_objective(cfg)
     check_seed(cfg.get("seed"))
     check_matmul_precision(cfg.get("matmul_precision"))
     check_attention(cfg.model.get("attention", "sdpa"))
