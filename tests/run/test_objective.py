@@ -56,11 +56,7 @@ def test_a_mistyped_objective_stops_an_optuna_sweep_before_any_trial_trains(tmp_
         "sweep=lr_optuna", "objective=val/kid_smal", *SHRINK_CLI, f"hydra.sweep.dir={tmp_path}"
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith(
-            "error: objective=val/kid_smal: not a metric this run logs (did you mean val/kid_small?)"
-        )
-    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: objective=val/kid_smal: not a metric this run logs (did you ")
+    assert "(did you mean val/kid_small?)" in last
     assert not (tmp_path / "0").exists()  # no trial started

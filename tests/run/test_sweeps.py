@@ -97,6 +97,21 @@ def test_optuna_sweep_minimises_the_objective_and_summarises(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_optuna_sweep_whose_every_trial_failed_ends_in_one_line(tmp_path):
+    """Optuna asks for the best trial after the last: with none completed that was its
+    `ValueError: No trials are completed yet.` traceback."""
+    fake = tmp_path / "fake.ckpt"
+    fake.write_text("not a checkpoint\n")
+    sweep = tmp_path / "sweep"
+    result = run_cli("sweep=lr_optuna", "hydra.sweeper.n_trials=2", f"ckpt_path={fake}",
+                     *SHRINK_CLI, f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: 2 of 2 jobs failed (job 0: ckpt_path={fake}: not a checkpoint")
+    assert [r["status"][:30] for r in summary_rows(sweep)] == ["failed: DifftuneError: ckpt_pa"] * 2
+
+
+@pytest.mark.slow
 def test_resume_true_finishes_an_interrupted_sweep_each_job_from_its_own_dir(tmp_path):
     """Jobs that differ only in keys the resume index leaves out (max_steps) never take each
     other's checkpoint; a finished job keeps its metrics and export; a job that never ran runs."""

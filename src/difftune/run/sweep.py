@@ -157,6 +157,9 @@ class SweepSummary(Callback):
         rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
         write_tables(sweep_dir, rows)
         write_montage(sweep_dir, rows)
+        trials = config.hydra.sweeper.get("n_trials")  # Optuna's, which asks for the best trial
+        if trials is not None and len(rows) >= trials and all(map(_user_error, rows)):
+            _exit_on_failed_jobs(sweep_dir, rows)  # none: its traceback, not one line
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """The summary is this sweep's: rows an earlier sweep left in the same dir are dropped
@@ -175,15 +178,25 @@ class SweepSummary(Callback):
             for p in sorted((sweep_dir / ".summary").glob("*.json"))
             if p.stat().st_mtime >= self._sweep_start
         ]
-        failed = [r for r in rows if r["status"].startswith(f"failed: {USER_ERROR}: ")]
-        if not failed or not _is_rank_zero():
-            return
-        first = failed[0]["status"].removeprefix(f"failed: {USER_ERROR}: ")
-        sys.stderr.write(
-            f"error: {len(failed)} of {len(rows)} jobs failed (job {failed[0]['job']}: {first}); "
-            f"each job's status is in {sweep_dir / 'summary.csv'}\n"
-        )
-        sys.exit(2)
+        if _is_rank_zero():
+            _exit_on_failed_jobs(sweep_dir, rows)
+
+
+def _user_error(row: dict[str, Any]) -> bool:
+    return row["status"].startswith(f"failed: {USER_ERROR}: ")
+
+
+def _exit_on_failed_jobs(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Where jobs stopped on a user error: the first, the count, in one line, and exit 2."""
+    failed = [r for r in rows if _user_error(r)]
+    if not failed:
+        return
+    first = failed[0]["status"].removeprefix(f"failed: {USER_ERROR}: ")
+    sys.stderr.write(
+        f"error: {len(failed)} of {len(rows)} jobs failed (job {failed[0]['job']}: {first}); "
+        f"each job's status is in {sweep_dir / 'summary.csv'}\n"
+    )
+    sys.exit(2)
 
 
 def objective(metrics: dict[str, float], key: str | None) -> dict[str, float] | float:
