@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from difftune.errors import DifftuneError
 
-CONF = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/ (editable install)
+CONF = (Path(__file__).parent / "conf").resolve()  # conf/ in a checkout; in the wheel, a copy
 ENTRY_POINTS = ("train", "sample")
 WHERE_KEYS = ("paths.output_dir", "hydra.run.dir", "hydra.sweep.dir")
 _handed_out: set[Path] = set()  # default run dirs given in this process (one per second else)
@@ -79,8 +79,8 @@ def compose_config(
         raise DifftuneError(f"name={name!r}: no such entry point; valid: train, sample")
     if not (CONF / f"{name}.yaml").is_file():
         raise DifftuneError(
-            f"{CONF / name}.yaml not found: difftune's configs are not beside the package; "
-            "install difftune from its repository (pip install -e <repo>)"
+            f"{CONF / name}.yaml not found: difftune's configs (difftune/conf) are missing from "
+            "this install; reinstall it (pip install <repo>, or pip install -e <repo>)"
         )
     if isinstance(overrides, str | bytes):
         raise DifftuneError(f"overrides={overrides!r}: pass a list of key=value strings")
