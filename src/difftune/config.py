@@ -11,7 +11,15 @@ from omegaconf import DictConfig
 
 from difftune.errors import DifftuneError
 
-CONF = (Path(__file__).parent / "conf").resolve()  # conf/ in a checkout; in the wheel, a copy
+
+def _conf_dir() -> Path:
+    """difftune/conf: a copy in an installed wheel, a link to the repository's conf/ in a
+    checkout; where the link was not kept (git without symlinks), that conf/ itself."""
+    packaged = Path(__file__).parent / "conf"
+    return packaged.resolve() if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
+
+
+CONF = _conf_dir()
 ENTRY_POINTS = ("train", "sample")
 WHERE_KEYS = ("paths.output_dir", "hydra.run.dir", "hydra.sweep.dir")
 _handed_out: set[Path] = set()  # default run dirs given in this process (one per second else)
