@@ -152,3 +152,19 @@ def test_colour_guidance_pulls_the_embedded_base_toward_the_colour(device):
     guided = colour_error(Guidance(loss, scale=40.0))
     print(f"{device}: colour error unguided {unguided:.3f}, guided {guided:.3f}")
     assert guided < 0.5 * unguided
+
+
+def test_per_image_guidance_pulls_each_image_as_if_sampled_alone(tiny_unet, noise):
+    """per_image=True: an image of a batch of 2 is the image sampled alone; the article's mean
+    (the default): a batch of 2 at scale s is each image alone at s/2."""
+
+    def run(x: torch.Tensor, scale: float, per_image: bool) -> torch.Tensor:
+        g = Guidance(ColorLoss((0.9, 0.1, 0.1)), scale=scale, per_image=per_image)
+        return sample(tiny_unet, SCHEDULERS["ddim"](), x, 4, guidance=g)
+
+    per_image = run(noise, 40.0, per_image=True)
+    alone = run(noise[1:], 40.0, per_image=True)  # batched convolutions: float32 rounding
+    torch.testing.assert_close(per_image[1:], alone, rtol=0, atol=1e-4)
+    mean = run(noise, 40.0, per_image=False)
+    torch.testing.assert_close(mean[1:], run(noise[1:], 20.0, per_image=False), rtol=0, atol=1e-4)
+    assert (per_image - mean).abs().max() > 1e-2  # the two differ

@@ -167,3 +167,23 @@ def test_batch_size_only_splits_the_work_the_images_stay_the_same(tmp_path):
     for split in (1, 3):
         assert np.abs(images(split, *guided) - whole).max() <= 1  # PNG rounding
     assert np.abs(images(4) - whole).mean() > 10  # the guidance moved them: not a vacuous test
+
+
+def test_a_per_image_scale_is_the_articles_scale_times_num_images_in_any_batches(tmp_path):
+    """guidance.per_image=true: each image pulled as if alone; scale 100 per image is the
+    article's batch-mean scale 400 over 4 images, in one batch of 4 or in batches of 3 + 1."""
+
+    def images(*overrides: str) -> np.ndarray:
+        out = tmp_path / "_".join(overrides).replace("=", "-")
+        sample_images(compose_sample("num_images=4", "scheduler=ddpm", "num_inference_steps=6",
+                                     "guidance=color", *overrides, output_dir=out))  # fmt: skip
+        return np.stack([np.asarray(Image.open(out / "images" / f"{i:04d}.png"), dtype=np.int16)
+                         for i in range(4)])  # fmt: skip
+
+    article = images("guidance.scale=400", "batch_size=4")
+    for batch_size in (4, 3):
+        per_image = images(
+            "guidance.scale=100", "guidance.per_image=true", f"batch_size={batch_size}"
+        )
+        assert np.abs(per_image - article).max() <= 1  # PNG rounding
+    assert np.abs(images("guidance.scale=100", "batch_size=4") - article).mean() > 3  # not vacuous

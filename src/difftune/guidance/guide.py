@@ -62,6 +62,7 @@ class Guidance:
         apply_to: str = "x",
         grad_clip_rms: float | None = None,
         clip_x0: bool = True,
+        per_image: bool = False,
     ) -> None:
         if not callable(loss):
             raise GuidanceError(f"guidance loss={loss!r} is not callable: pass x0 -> scalar tensor")
@@ -81,7 +82,9 @@ class Guidance:
             )
         if grad_clip_rms is not None and not float(grad_clip_rms) > 0:
             raise GuidanceError(f"guidance grad_clip_rms={grad_clip_rms!r}: expected > 0 or None")
-        for key, value in (("through_unet", through_unet), ("clip_x0", clip_x0)):
+        for key, value in (
+            ("through_unet", through_unet), ("clip_x0", clip_x0), ("per_image", per_image)
+        ):  # fmt: skip
             if not isinstance(value, bool):  # bool("false") is True: a costly surprise
                 raise GuidanceError(f"guidance {key}={value!r}: expected true or false")
         self.loss = loss
@@ -92,6 +95,10 @@ class Guidance:
         self.grad_clip_rms = None if grad_clip_rms is None else float(grad_clip_rms)
         #: the loss sees x̂0 clipped/thresholded as the scheduler's `step` does (the article's x0)
         self.clip_x0 = clip_x0
+        #: the scale is each image's, whatever the batch: a loss that averages over the B images
+        #: of a batch (the article's, all of difftune's) is taken times B, so each image is pulled
+        #: as if sampled alone; off, the article's mean: each image's pull falls as 1/B
+        self.per_image = per_image
         #: steps of the last sample() where the gradient was not finite (taken unguided)
         self.nonfinite_steps = 0
 
@@ -99,7 +106,8 @@ class Guidance:
         return (
             f"Guidance({self.loss!r}, scale={self.scale}, through_unet={self.through_unet}, "
             f"schedule={self.schedule!r}, apply_to={self.apply_to!r}, "
-            f"grad_clip_rms={self.grad_clip_rms}, clip_x0={self.clip_x0})"
+            f"grad_clip_rms={self.grad_clip_rms}, clip_x0={self.clip_x0}, "
+            f"per_image={self.per_image})"
         )
 
     @property
@@ -152,7 +160,8 @@ class Guidance:
                 x0_pred = predict_x0(eps, x_in, alpha_prod_t, "epsilon")
             if self.clip_x0 and x0_clip is not None:
                 x0_pred = x0_clip(x0_pred)
-            loss = self.loss(x0_pred) * (self.scale * self.weight(alpha_prod_t))
+            scale = self.scale * (x0_pred.shape[0] if self.per_image else 1)
+            loss = self.loss(x0_pred) * (scale * self.weight(alpha_prod_t))
             (grad,) = torch.autograd.grad(loss.sum(), x_in, retain_graph=retain_graph)
         if not bool(torch.isfinite(grad).all()):
             self.nonfinite_steps += 1

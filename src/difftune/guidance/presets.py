@@ -2,7 +2,8 @@
 
 Each config key is one keyword here, so `guidance.scale=60` or `guidance.prompt="..."` on the
 command line set it directly; the values themselves live once, in the config files. The keys
-`scale`, `through_unet`, `schedule`, `apply_to`, `grad_clip_rms` and `clip_x0` go to `Guidance`.
+`scale`, `through_unet`, `schedule`, `apply_to`, `grad_clip_rms`, `clip_x0` and `per_image` go to
+`Guidance`.
 """
 
 from __future__ import annotations

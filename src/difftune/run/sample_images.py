@@ -31,8 +31,9 @@ PRECISIONS = ("32", "bf16")
 
 
 def scaled(guidance: Guidance | None, fraction: float) -> Guidance | None:
-    """A copy of `guidance` with its scale times `fraction` (None stays None)."""
-    if guidance is None or fraction == 1:
+    """A copy of `guidance` with its scale times `fraction` (None, and a per-image scale, which
+    no batch changes, stay as they are)."""
+    if guidance is None or fraction == 1 or guidance.per_image:
         return guidance
     share = copy.copy(guidance)
     share.scale = guidance.scale * fraction
