@@ -54,6 +54,16 @@ def test_model_card_for_a_local_base_without_ema_grid_or_repo(tmp_path, tiny_pip
         write_model_card(pipe, **card_args(tmp_path, sample_grid=tmp_path / "none.png"))
 
 
+def test_the_card_of_an_export_names_its_link_not_the_version_behind_it(tmp_path):
+    """`<run>/pipeline` is a link to `.pipeline.export-<id>`, which the next export removes."""
+    version = tmp_path / ".pipeline.export-abc123"
+    version.mkdir()
+    (tmp_path / "pipeline").symlink_to(version.name)
+    card = write_model_card(tmp_path / "pipeline", **card_args(tmp_path)).read_text()
+    assert f'DDPMPipeline.from_pretrained("{tmp_path / "pipeline"}")' in card
+    assert "\n# pipeline\n" in card and "export-abc123" not in card
+
+
 def test_model_card_does_not_tag_the_embedded_base_as_a_hub_model(tmp_path):
     pipe = tmp_path / "pipeline"
     pipe.mkdir()

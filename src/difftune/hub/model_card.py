@@ -1,6 +1,7 @@
 """`write_model_card`: a Hugging Face model card (README.md) beside an exported pipeline."""
 
 import json
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -162,8 +163,11 @@ def write_model_card(
         raise DifftuneError(f"model card: pipeline dir {pipeline_dir} does not exist")
     if sample_grid is not None:
         _copy_grid(Path(sample_grid), pipeline_dir)
-    where = repo_id or str(pipeline_dir.resolve())
-    title = repo_id or pipeline_dir.resolve().name
+    # the export's link (<run>/pipeline), not the version it points to now, which the next
+    # export of the run removes
+    local = Path(os.path.abspath(pipeline_dir))
+    where = repo_id or str(local)
+    title = repo_id or local.name
     ema_text = "off" if ema is None else f"on (decay {ema:g})"
     grid = (
         f"![samples]({SAMPLES_NAME})\n"
