@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from difftune.core.module import DiffusionFineTuner
 from difftune.errors import DifftuneError
 from difftune.run.train import build, train
-from helpers.compose import compose_train, shrink
+from helpers.compose import CONF, compose_train, shrink
 from helpers.faults import AtStep, run_with
 from helpers.models import make_tiny_unet
 from helpers.training import batches, sgd
@@ -342,3 +342,14 @@ def test_prefetch_factor_reaches_the_loader_and_is_checked():
     )
     with pytest.raises(DifftuneError, match=r"^data.prefetch_factor=0 must be an integer >= 1$"):
         ImageDataModule(source="synthetic", num_images=8, num_workers=1, prefetch_factor=0)
+
+
+@pytest.mark.parametrize("data", sorted(p.stem for p in (CONF / "data").glob("*.yaml")))
+def test_the_loader_keys_are_declared_by_every_data_option(data, tmp_path):
+    """`data.pin_memory=true` as the README writes it, not `+data.pin_memory=true`: the keys
+    exist in every data config (before: "no such key" unless hardware=gpu had added them)."""
+    overrides = ("data.num_workers=3", "data.pin_memory=true", "data.persistent_workers=false",
+                 "data.prefetch_factor=5")  # fmt: skip
+    cfg = compose_train(f"data={data}", *overrides, output_dir=tmp_path)
+    assert (cfg.data.pin_memory, cfg.data.persistent_workers, cfg.data.prefetch_factor) == (
+        True, False, 5)  # fmt: skip

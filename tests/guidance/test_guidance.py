@@ -13,6 +13,7 @@ import difftune.guidance.clip as clip_module
 from difftune.core.sampling import sample
 from difftune.errors import DifftuneError
 from difftune.guidance import ClipLoss, ColorLoss, Guidance, GuidanceError
+from difftune.metrics.features import ClipFeatures
 from helpers.compose import CONF, compose_sample
 from helpers.models import SCHEDULERS
 
@@ -162,6 +163,26 @@ def test_clip_weights_offline_say_how_to_pass_a_file(monkeypatch):
         ClipLoss("a rose", model_name="ViT-B-32", pretrained="openai")
     with pytest.raises(GuidanceError, match="neither an open_clip tag"):
         ClipLoss("a rose", model_name="ViT-B-32", pretrained="/no/such/weights.bin")
+    # KID's CLIP features: the key that sets their weights, not guidance's
+    with pytest.raises(GuidanceError) as err:
+        ClipFeatures("ViT-B-32", "openai")
+    assert "pass callbacks.kid.pretrained=/path/to/open_clip_pytorch_model.bin" in str(err.value)
+    assert "guidance" not in str(err.value) and "ClipLoss" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("load", "message"),
+    [
+        (lambda: ClipLoss("a rose", model_name="ViT-B-23"),
+         "guidance.model_name=ViT-B-23: not an open_clip model; did you mean ViT-B-32"),
+        (lambda: ClipFeatures("ViT-B-23", None),
+         "callbacks.kid.model_name=ViT-B-23: not an open_clip model; did you mean ViT-B-32"),
+    ],
+)  # fmt: skip
+def test_an_unknown_clip_model_names_its_own_key_and_the_nearest(load, message):
+    with pytest.raises(GuidanceError) as err:
+        load()
+    assert str(err.value).startswith(message) and len(str(err.value)) < 200
 
 
 def test_clip_local_weights_file_and_random_weights_warning(tiny_clip, tmp_path):
@@ -190,7 +211,7 @@ def test_every_guidance_option_instantiates_with_every_key(option, tiny_clip, tm
     cfg = compose_sample(f"guidance={option}", *(tiny if option == "clip" else []),
                          output_dir=tmp_path)  # fmt: skip
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "ClipLoss: open_clip .* RANDOM weights")
+        warnings.filterwarnings("ignore", "guidance.pretrained=null: open_clip .* RANDOM weights")
         guide = hydra.utils.instantiate(cfg.guidance)
     if option == "none":
         assert cfg.guidance is None and guide is None

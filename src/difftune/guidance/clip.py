@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 import warnings
@@ -51,14 +52,29 @@ def _cached_weights(tag_cfg: dict) -> str | None:
     return None
 
 
-def load_clip(model_name: str, pretrained: str | None, device: str | torch.device = "cpu"):
-    """An open_clip model, eval mode, frozen; fails fast and says what to do offline."""
+def load_clip(
+    model_name: str,
+    pretrained: str | None,
+    device: str | torch.device = "cpu",
+    key: str = "guidance",
+):
+    """An open_clip model, eval mode, frozen; fails fast and says what to do offline. `key` is
+    where the settings came from (`guidance`, `callbacks.kid`), named in the errors."""
     import open_clip  # here: it takes a second or two to import, and only CLIP guidance needs it
 
+    known = open_clip.list_models()
+    if not (model_name in known or str(model_name).startswith("hf-hub:")):
+        near = difflib.get_close_matches(str(model_name), known, n=3)
+        raise GuidanceError(
+            f"{key}.model_name={model_name}: not an open_clip model"
+            + (f"; did you mean {', '.join(near)}?" if near else "")
+            + f" ({len(known)} in open_clip.list_models(), e.g. ViT-B-32, ViT-L-14)"
+        )
+    python = " (Python: ClipLoss(pretrained=...))" if key == "guidance" else ""
     if pretrained is None:
         warnings.warn(
-            f"ClipLoss: open_clip {model_name} with pretrained=None has RANDOM weights; "
-            "CLIP guidance with random weights means nothing (fine for tests only)",
+            f"{key}.pretrained=null: open_clip {model_name} has RANDOM weights; CLIP with "
+            "random weights means nothing (fine for tests only)",
             UserWarning,
             stacklevel=3,
         )
@@ -69,17 +85,16 @@ def load_clip(model_name: str, pretrained: str | None, device: str | torch.devic
         tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
         if not tag_cfg:
             raise GuidanceError(
-                f"guidance.pretrained={pretrained!r}: neither an open_clip tag of {model_name} "
+                f"{key}.pretrained={pretrained!r}: neither an open_clip tag of {model_name} "
                 f"({', '.join(open_clip.list_pretrained_tags_by_model(model_name))}) nor a file"
             )
         cached = _cached_weights(tag_cfg)
         if cached is None and not _hub_reachable():
             hub = tag_cfg.get("hf_hub", "").rstrip("/")
             raise GuidanceError(
-                f"ClipLoss: open_clip weights {model_name}/{pretrained!r} are not cached and the "
-                f"hub is unreachable; download them (hf.co/{hub}) and pass "
-                "guidance.pretrained=/path/to/open_clip_pytorch_model.bin (Python: "
-                "ClipLoss(pretrained=...))"
+                f"open_clip weights {model_name}/{pretrained!r} are not cached and the hub is "
+                f"unreachable; download them (hf.co/{hub}) and pass "
+                f"{key}.pretrained=/path/to/open_clip_pytorch_model.bin{python}"
             )
         quick_gelu = bool(tag_cfg.get("quick_gelu", False))
         kwargs = {"pretrained": cached or pretrained, "force_quick_gelu": quick_gelu}
@@ -87,8 +102,8 @@ def load_clip(model_name: str, pretrained: str | None, device: str | torch.devic
         model = open_clip.create_model(model_name, device=device, **kwargs)
     except RuntimeError as err:
         raise GuidanceError(
-            f"ClipLoss: could not load open_clip {model_name} ({err}); offline, pass "
-            "guidance.pretrained=/path/to/open_clip_pytorch_model.bin"
+            f"{key}: could not load open_clip {model_name} ({err}); offline, pass "
+            f"{key}.pretrained=/path/to/open_clip_pytorch_model.bin"
         ) from err
     return model.eval().requires_grad_(False)
 

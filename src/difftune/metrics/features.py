@@ -75,7 +75,7 @@ class ClipFeatures(nn.Module):
         super().__init__()
         from difftune.guidance.clip import OPENAI_MEAN, OPENAI_STD, load_clip
 
-        self.model = load_clip(model_name, pretrained)
+        self.model = load_clip(model_name, pretrained, key="callbacks.kid")
         visual = self.model.visual
         size = visual.image_size
         self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
