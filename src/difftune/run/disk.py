@@ -13,7 +13,8 @@ from pathlib import Path
 from difftune.errors import DifftuneError
 
 # what torch's zip writer and safetensors put in the errors they raise for a failed write
-WRITER_ERRORS = ("inline_container.cc", "PytorchStreamWriter", "IoError(")
+# (safetensors: `IoError(Os { code: 28, ... })` before 0.6, `I/O error: ... (os error 28)` since)
+WRITER_ERRORS = ("inline_container.cc", "PytorchStreamWriter", "IoError(", "I/O error: ")
 KNOWN = [os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)]
 #: the file system's refusals that no retry fixes: full disk, quota, read-only
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
