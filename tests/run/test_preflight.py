@@ -1,12 +1,15 @@
 """Bad input before any job starts: every job of a sweep composed up front, one line each."""
 
+import hydra
 import pytest
 
 import difftune.run.preflight as preflight
 from difftune.errors import DifftuneError
+from difftune.guidance import ColorLoss, GuidanceError
+from difftune.run.job_checks import JOB_CHECKS
 from difftune.run.preflight import check_command_line
 from helpers.cli import run_cli
-from helpers.compose import CONF
+from helpers.compose import CONF, compose_sample
 
 
 def test_sweep_over_an_unknown_key_is_one_line_before_any_job(tmp_path):
@@ -59,6 +62,47 @@ def test_a_comma_without_m_shows_the_quoting_or_the_sweep_flag(script):
         f"'guidance.prompt=\"{prompt}\"'; to sweep, add -m"
     )
     check_command_line(CONF, script, ["guidance=clip", f'guidance.prompt="{prompt}"'])  # quoted
+
+
+def test_a_comma_in_a_list_key_says_brackets_and_the_bracketed_form_builds(tmp_path):
+    """Quoting (the prompt's hint) made `target_rgb` a string, then float() of each character."""
+    args = ["guidance=color", "guidance.target_rgb=0.1,0.9,0.5"]
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, "sample", args)
+    assert str(err.value) == (
+        "guidance.target_rgb=0.1,0.9,0.5: Hydra reads a comma as a list of values to sweep; "
+        "guidance.target_rgb is a list: write it in brackets, guidance.target_rgb=[0.1,0.9,0.5]; "
+        "to sweep, add -m"
+    )
+    fixed = ["guidance=color", "guidance.target_rgb=[0.1,0.9,0.5]"]
+    check_command_line(CONF, "sample", fixed)
+    guide = hydra.utils.instantiate(compose_sample(*fixed, output_dir=tmp_path).guidance)
+    assert guide.loss.target_rgb == (0.1, 0.9, 0.5)
+    with pytest.raises(GuidanceError, match=r"^ColorLoss target_rgb='0.1,0.9,0.5': expected 3 "):
+        ColorLoss("0.1,0.9,0.5")
+
+
+def test_a_config_that_sets_multirun_takes_a_sweep_without_m():
+    check_command_line(CONF, "train", ["sweep=lr", "model.optimizer.lr=1e-4,3e-4"])
+
+
+def test_an_optuna_search_range_is_checked_at_its_ends_and_refused_by_the_basic_sweeper():
+    """Before: `BasicSweeper does not support sweep type : INTERVAL_SWEEP` from the preflight,
+    with a traceback; and without -m the comma in `interval(a, b)` was called a sweep."""
+    checks = JOB_CHECKS["train"]
+    check_command_line(CONF, "train", ["sweep=lr_optuna",  # the config sets MULTIRUN: no -m
+                                       "model.optimizer.lr=tag(log, interval(1e-4, 1e-3))"],
+                       checks)  # fmt: skip
+    with pytest.raises(DifftuneError, match=r"^model.optimizer.lr=-1.0 must be a number > 0"):
+        low = ["sweep=lr_optuna", "model.optimizer.lr=interval(-1, 1e-3)"]
+        check_command_line(CONF, "train", low, checks)
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, "train", ["-m", "model.optimizer.lr=interval(1e-4,1e-3)"])
+    assert str(err.value) == (
+        "model.optimizer.lr=interval(1e-4,1e-3): a search range for an optimising sweeper "
+        "(sweep=lr_optuna, hydra/sweeper=optuna); Hydra's basic sweeper takes values: "
+        "model.optimizer.lr=1e-4,3e-4 or range(1,5)"
+    )
 
 
 def test_ddp_in_a_sweep_needs_a_rank_launcher(monkeypatch):

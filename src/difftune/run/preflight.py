@@ -20,14 +20,14 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.errors import (
     ConfigCompositionException,
     HydraException,
     MissingConfigException,
     OverrideParseException,
 )
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from difftune.errors import DifftuneError
@@ -125,14 +125,51 @@ def quoting_hint(err: OverrideParseException) -> str:
     )
 
 
-def comma_hint(override: Override) -> str:
-    """A comma list without -m: either text with commas (quote it) or a sweep (add -m)."""
+def comma_hint(override: Override, base: DictConfig | None = None) -> str:
+    """A comma list without -m: a list value (brackets), text with commas (quote it) or a
+    sweep (add -m)."""
     key = override.get_key_element().lstrip("+~")
     value = override.input_line.split("=", 1)[1] if override.input_line else override.value()
+    if base is not None and isinstance(OmegaConf.select(base, key), ListConfig):
+        return (
+            f"{key}={value}: Hydra reads a comma as a list of values to sweep; {key} is a list: "
+            f"write it in brackets, {key}=[{value}]; to sweep, add -m"
+        )
     return (
         f"{key}={value}: Hydra reads a comma as a list of values to sweep; for text with commas "
         f"quote it for Hydra inside the shell's quotes: '{key}=\"{value}\"'; to sweep, add -m"
     )
+
+
+def _sweep_config(config_dir: Path, config_name: str, plain: list[str]) -> DictConfig | None:
+    """The config the non-sweep overrides compose: does it set MULTIRUN itself (sweep=lr_optuna),
+    which sweeper runs the jobs, which keys are lists. None where it does not compose (the
+    checks below report why)."""
+    previous = HydraConfig.instance().cfg
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return compose(config_name, overrides=plain, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return None
+    finally:
+        HydraConfig.instance().cfg = previous
+
+
+def _interval_ends(override: Override, base: DictConfig | None) -> Override:
+    """An optimising sweeper's search range, `key=interval(a, b)`, as the two jobs `key=a,b`
+    to check; a sweeper that cannot search a range (Hydra's basic one) is one line."""
+    sweep = override.value() if override.is_sweep_override() else None
+    if not isinstance(sweep, IntervalSweep):
+        return override
+    key = override.get_key_element()
+    sweeper = "" if base is None else str(base.hydra.sweeper.get("_target_", ""))
+    if "optuna" not in sweeper.lower():
+        raise DifftuneError(
+            f"{override.input_line}: a search range for an optimising sweeper (sweep=lr_optuna, "
+            "hydra/sweeper=optuna); Hydra's basic sweeper takes values: "
+            f"{key.lstrip('+~')}=1e-4,3e-4 or range(1,5)"
+        )
+    return OverridesParser.create().parse_override(f"{key}={sweep.start!r},{sweep.end!r}")
 
 
 def check_output_dir(cfg: DictConfig, multirun: bool) -> None:
@@ -186,10 +223,14 @@ def check_command_line(
     except OverrideParseException as err:
         raise DifftuneError(quoting_hint(err)) from err
     sweeps = [o for o in parsed if o.is_sweep_override()]
-    if sweeps and not args.multirun:
-        raise DifftuneError(comma_hint(sweeps[0]))
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    base = _sweep_config(config_dir, config_name, plain) if sweeps else None
+    # a config may set MULTIRUN itself (sweep=lr_optuna): its sweeps need no -m
+    multirun = bool(args.multirun) or base is not None and str(base.hydra.mode).endswith("MULTIRUN")
+    if sweeps and not multirun:
+        raise DifftuneError(comma_hint(sweeps[0], base))
+    parsed = [_interval_ends(o, base) for o in parsed]
     jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0] if parsed else [[]]
-    multirun = bool(args.multirun)
     previous = HydraConfig.instance().cfg  # restored after: the checks leave no Hydra state
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
