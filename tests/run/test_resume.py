@@ -71,6 +71,22 @@ def test_resume_true_finds_the_newest_checkpoint_of_the_same_config(tmp_path, ca
     assert step_of(tmp_path / "again" / "checkpoints" / "last.ckpt") == 8
 
 
+def test_resume_true_goes_on_with_the_run_that_wrote_last_not_the_longest(tmp_path, caplog):
+    """A finished 4-step run, then the same config stopped at step 2 (killed, say): resume=true
+    continues the second. Before, the checkpoint with the most steps won: the finished run was
+    taken, "nothing left to train", and the stopped run was left as it was."""
+    index = f"resume_dir={tmp_path / 'index'}"
+    train(shrink(compose_train(index, output_dir=tmp_path / "finished"), steps=4))
+    train(shrink(compose_train(index, output_dir=tmp_path / "stopped"), steps=2))
+    relaunch = shrink(compose_train(index, "resume=true", output_dir=tmp_path / "new"), steps=4)
+    with caplog.at_level(logging.INFO, logger="difftune.run.resume"):
+        train(relaunch)
+    stopped = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert f"resume=true: resuming from {stopped}" in caplog.text
+    assert step_of(tmp_path / "new" / "checkpoints" / "last.ckpt") == 4  # steps 3 and 4 trained
+    assert step_of(tmp_path / "finished" / "checkpoints" / "last.ckpt") == 4  # left alone
+
+
 def test_resume_true_without_a_checkpoint_is_an_error(tmp_path):
     index = f"resume_dir={tmp_path / 'index'}"
     train(shrink(compose_train(index, output_dir=tmp_path / "first"), steps=2))

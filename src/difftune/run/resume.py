@@ -92,19 +92,27 @@ def _step(ckpt: Path) -> int:
 
 
 def latest_checkpoint(cfg: DictConfig) -> Path:
-    """The readable checkpoint with the most steps among this configuration's runs."""
+    """Among this configuration's runs, the one that wrote a readable checkpoint last (a run
+    killed after an earlier one finished is the one to go on with); in it, the checkpoint with
+    the most steps."""
     runs = _runs(_index(cfg))
     own = OmegaConf.select(cfg, "paths.output_dir", default=None)  # None before Hydra runs
     dirs = {*runs, str(Path(own).resolve())} if own else set(runs)
-    candidates = [c for run in dirs for c in Path(run).glob("checkpoints/*.ckpt")]
-    scored = sorted(((_step(c), c.stat().st_mtime, c) for c in candidates), reverse=True)
-    if not scored or scored[0][0] < 0:
+    found = [c for run in dirs for c in Path(run).glob("checkpoints/*.ckpt")]
+    readable = [(c.stat().st_mtime, _step(c), c) for c in found]
+    readable = [(mtime, step, c) for mtime, step, c in readable if step >= 0]
+    last_write: dict[Path, float] = {}
+    for mtime, _, c in readable:
+        last_write[c.parent] = max(mtime, last_write.get(c.parent, mtime))
+    scored = sorted(((last_write[c.parent], step, mtime, c) for mtime, step, c in readable),
+                    reverse=True)  # fmt: skip
+    if not scored:
         raise DifftuneError(
             f"resume=true: no checkpoint of this configuration (key {run_key(cfg)}) under "
             f"{cfg.resume_dir} ({len(runs)} earlier runs); drop resume=true to start fresh, or "
             "pass ckpt_path=..."
         )
-    return scored[0][2]
+    return scored[0][3]
 
 
 def _in_multirun() -> bool:
