@@ -141,6 +141,7 @@ def test_checkpoint_from_another_architecture_is_one_line(tmp_path, tiny_pipelin
     [
         (lambda p: None, "does not exist"),
         (lambda p: p.write_text("not a checkpoint"), "cannot be read"),
+        (lambda p: p.write_text("hello world\n"), "cannot be read (not a torch file"),  # KeyError
         (
             lambda p: torch.save({"state_dict": {}, "x": Path("/")}, p),
             "holds a pathlib.PosixPath object",

@@ -15,6 +15,7 @@ import json
 import pickle
 import re
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """
     if not path.is_file():
         raise DifftuneError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch's unpickler reads other bytes as opcodes and fails
+        raise DifftuneError(  # in any way (KeyError for a text file)
+            f"checkpoint {path} cannot be read (not a torch file: torch.save writes a zip archive)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
