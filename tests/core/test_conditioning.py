@@ -141,6 +141,8 @@ def test_cfg_and_colour_guidance_together_lower_the_colour_loss(noise):
         ({"cfg_scale": "3"}, "cfg_scale=3: expected a finite number"),
         ({"cfg_scale": 3.0}, "cfg_scale=3.0: needs class_labels"),
         ({"class_labels": torch.tensor([0, 1, 2])}, "class_labels: (3,) labels for 2 images"),
+        ({"class_labels": torch.tensor([0, 7])}, "class_labels: 7 is not a class id of this UNet"),
+        ({"class_labels": -1}, "class_labels: -1 is not a class id"),  # was torch's IndexError
     ],
 )
 def test_bad_cfg_input_is_one_line(noise, kwargs, message):

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from difftune.core.conditioning import is_conditional, null_label
+from difftune.core.conditioning import class_names_of, is_conditional, null_label
 from difftune.core.prediction import predict_x0
 from difftune.errors import DifftuneError, is_int_at_least
 from difftune.guidance.guide import Guidance, alphas_at, apply_guidance
@@ -100,6 +100,12 @@ def _labels(
     if labels.shape != null.shape:
         raise DifftuneError(
             f"class_labels: {tuple(labels.shape)} labels for {noise.shape[0]} images"
+        )
+    outside = labels[(labels < 0) | (labels > null_label(config))]
+    if outside.numel():  # the embedding's IndexError otherwise, from deep in the UNet
+        raise DifftuneError(
+            f"class_labels: {int(outside[0])} is not a class id of this UNet: 0..{null[0] - 1} "
+            f"are its classes ({', '.join(class_names_of(config) or [])}), {null[0]} the null label"
         )
     return labels, (null if cfg_scale is not None else None)
 
