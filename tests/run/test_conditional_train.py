@@ -47,6 +47,14 @@ def test_conditioning_without_labels_stops_before_the_model_loads(tmp_path, monk
         train(cfg)
 
 
+def test_one_class_is_refused_not_trained_as_a_conditional_model(tmp_path):
+    """`data.style=photo` (not a list) with labels: before, a 1-class model, without a word."""
+    cfg = quick(tmp_path, "model.conditioning=class", "data.label_column=style", "data.style=photo")
+    with pytest.raises(DifftuneError, match=r"^model.conditioning=class: the data has one class "
+                       r"\(photo\); a class-conditional model needs at least 2"):  # fmt: skip
+        train(cfg)
+
+
 def test_a_conditional_base_needs_conditioning(tmp_path):
     """An earlier conditional run as `model.pretrained`, without model.conditioning: one line."""
     cfg = quick(tmp_path / "first", *CONDITIONAL, steps=1)

@@ -113,6 +113,11 @@ def check_conditioning(
         return None
     if class_names is None:
         raise DifftuneError(NEEDS_LABELS)
+    if len(class_names) == 1:  # one class: the unconditional model, and CFG does nothing
+        raise DifftuneError(
+            f"model.conditioning=class: the data has one class ({', '.join(map(str, class_names))})"
+            "; a class-conditional model needs at least 2 (synthetic: data.style=[photo,vintage])"
+        )
     return [str(name) for name in class_names]
 
 
