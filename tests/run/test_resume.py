@@ -119,6 +119,21 @@ def test_a_corrupt_resume_index_is_reported_and_rebuilt(content, tmp_path, caplo
     assert again.ckpt_path is None  # the config stays as the user gave it
 
 
+def test_resume_true_finds_the_run_after_its_index_was_lost(tmp_path, caplog):
+    """The runs beside the index dir (outputs/<task>/<date> beside outputs/<task>/resume) are
+    found by their .hydra/config.yaml. Before: "no checkpoint ... (0 earlier runs)", exit 2."""
+    index_dir = tmp_path / "resume"
+    cfg = quick(tmp_path / "first", f"resume_dir={index_dir}")
+    train(cfg)
+    index = index_dir / f"{run_key(cfg)}.json"
+    index.write_text("{corrupt")
+    again = quick(tmp_path / "again", f"resume_dir={index_dir}", "resume=true", steps=4)
+    with caplog.at_level(logging.WARNING, logger="difftune.run.resume"):
+        assert checkpoint_to_resume(again) == str(tmp_path / "first" / "checkpoints" / "last.ckpt")
+    assert "rebuilt from the run dirs beside it (1 of this configuration)" in caplog.text
+    assert json.loads(index.read_text())["runs"][0] == str(tmp_path / "first")
+
+
 def lrs(run_dir: Path) -> set[float]:
     lines = (run_dir / "metrics.csv").read_text().splitlines()
     column = lines[0].split(",").index("lr-AdamW")

@@ -2,9 +2,10 @@
 
 Runs of the same configuration (everything except where it writes, how long it runs and whether
 it resumes) share a key; each run adds its directory to `<resume_dir>/<key>.json` at the start,
-and `resume=true` takes the checkpoint with the most steps among those directories (and its own
-run dir). Finding none is an error, never a silent fresh start. An index is a cache: one that
-cannot be read is reported, counted as empty and rewritten, never fatal.
+and `resume=true` takes, among those directories (and its own run dir), the one that wrote a
+checkpoint last, and in it the checkpoint with the most steps. Finding none is an error, never a
+silent fresh start. An index is a cache: one that cannot be read is reported, rebuilt from the
+run dirs beside it (their `.hydra/config.yaml`) and rewritten, never fatal.
 """
 
 from __future__ import annotations
@@ -59,11 +60,26 @@ def _runs(index: Path) -> list[str]:
         if not isinstance(runs, list) or not all(isinstance(run, str) for run in runs):
             raise TypeError(f"'runs' is a {type(runs).__name__}, not a list of paths")
     except (OSError, ValueError, KeyError, TypeError) as err:
+        runs = _scan(index)
         log.warning(
-            "resume index %s is unreadable (%s: %s); ignored, and rebuilt from this run",
-            index, type(err).__name__, (str(err).splitlines() or [""])[0][:200],
+            "resume index %s is unreadable (%s: %s); rebuilt from the run dirs beside it (%d of "
+            "this configuration) and this run",
+            index, type(err).__name__, (str(err).splitlines() or [""])[0][:200], len(runs),
         )  # fmt: skip
-        return []
+    return runs
+
+
+def _scan(index: Path) -> list[str]:
+    """The run dirs under the index's parent (outputs/<task_name>/) whose `.hydra/config.yaml`
+    has the index's key: what a lost index listed, where runs went to the default dirs."""
+    runs = []
+    for config in sorted(index.parent.parent.glob("*/.hydra/config.yaml")):
+        try:
+            key = run_key(OmegaConf.load(config))
+        except Exception:  # noqa: BLE001 - a config we cannot read is not this configuration's
+            continue
+        if key == index.stem:
+            runs.append(str(config.parent.parent.resolve()))
     return runs
 
 
