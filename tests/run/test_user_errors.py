@@ -171,6 +171,9 @@ def test_debug_shows_the_full_traceback_instead_of_the_line(tmp_path, switch):
     result = run("sample.py", "seed=abc", f"hydra.run.dir={tmp_path}", **{switch: "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
     assert "difftune.errors.DifftuneError: seed=abc must be an integer" in result.stderr
+    # an object Hydra cannot build: before, DEBUG=1 gave Hydra's short report, no frames
+    built = run("train.py", "trainer.max_time=abc", f"hydra.run.dir={tmp_path}", **{switch: "1"})
+    assert "Traceback" in built.stderr and 'File "' in built.stderr, built.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

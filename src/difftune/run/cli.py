@@ -110,6 +110,8 @@ def release_memory() -> None:
 
 def preflight(config_dir: Path, config_name: str, argv: list[str]) -> None:
     """Check every job of the command line before Hydra starts; a bad one exits 2 in one line."""
+    if full_trace():  # DEBUG=1: Hydra's own reports (an object it cannot build) in full too
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     if "LOCAL_RANK" in os.environ and os.environ.get("LOCAL_RANK") != "0":
         return  # a DDP rank that Lightning started: rank 0 checked the same command line
     from difftune.run.job_checks import JOB_CHECKS

@@ -30,7 +30,10 @@ def write_failure(err: BaseException) -> str | None:
     if not any(marker in text for marker in WRITER_ERRORS):
         return None
     lines = [line.split("] . ")[-1].strip() for line in text.splitlines() if line.strip()]
-    return next((known for known in KNOWN if known in text), lines[-1][:200])
+    known = next((known for known in KNOWN if known in text), None)
+    if known is None and "unexpected pos" in text:  # torch's zip writer hides the errno
+        return f"a short write, as on a full disk: {lines[-1][:160]}"
+    return known or lines[-1][:200]
 
 
 def free_space(path: str | Path) -> str:
