@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers.utils import make_image_grid, pt_to_pil
+from PIL import Image, ImageDraw
 
-from difftune.pictures.images import grid_image, to_pil_list
+from difftune.pictures.images import grid_image, montage, to_pil_list
 
 
 def test_grids_keep_gaps_and_partial_rows_that_diffusers_make_image_grid_lacks():
@@ -36,3 +37,16 @@ def test_pil_images_are_diffusers_pt_to_pil_of_the_detached_batch_with_nan_black
         warnings.simplefilter("error")  # numpy's "invalid value encountered in cast" is noise
         assert np.asarray(to_pil_list(nan)[0]).max() == 0
         assert np.asarray(grid_image(nan)).max() == 0
+
+
+def test_a_label_wider_than_its_picture_is_shown_whole_and_the_next_panel_moves_over():
+    """sample.py's comparison.png at 2 images: `guided: colour (0.8, 0.4, 0.6), scale 40` was cut
+    at the next panel, hiding the scale."""
+    label = "guided: colour (0.8, 0.4, 0.6), scale 40"
+    narrow = Image.new("RGB", (64, 32), "red")
+    canvas = montage([(label, narrow), ("unguided", Image.new("RGB", (64, 32), "blue"))])
+    wide = ImageDraw.Draw(Image.new("1", (1, 1))).textlength(label)
+    second = next(x for x in range(canvas.width) if canvas.getpixel((x, 20)) == (0, 0, 255))
+    assert second >= wide + 8  # the blue picture starts after the whole label and the gap
+    text = np.asarray(canvas.crop((64, 0, second - 8, 14)).convert("L"))
+    assert (text < 128).any()  # the label's tail is drawn beyond the red picture

@@ -48,24 +48,28 @@ def to_pil_list(x: torch.Tensor) -> list[Image.Image]:
 def montage(
     panels: list[tuple[str, Image.Image]], title: str | None = None, gap: int = 8
 ) -> Image.Image:
-    """Pictures side by side on white, each under its label, all under a title line (the canvas
-    widened to fit the title when the pictures are narrower)."""
+    """Pictures side by side on white, each under its label, all under a title line (a slot
+    widened to its label, and the canvas to the title, where the pictures are narrower)."""
     from PIL import ImageDraw
+
+    def text_width(text: str) -> int:
+        return 4 + math.ceil(ImageDraw.Draw(Image.new("1", (1, 1))).textlength(text))
 
     line = 14
     top = line * (2 if title else 1)
-    width = sum(p.width for _, p in panels) + gap * (len(panels) - 1)
+    slots = [max(p.width, text_width(label)) for label, p in panels]
+    width = sum(slots) + gap * (len(panels) - 1)
     if title:
-        width = max(width, 4 + math.ceil(ImageDraw.Draw(Image.new("1", (1, 1))).textlength(title)))
+        width = max(width, text_width(title))
     canvas = Image.new("RGB", (width, top + max(p.height for _, p in panels)), "white")
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((2, 1), title, fill="black")
     left = 0
-    for label, picture in panels:
+    for (label, picture), slot in zip(panels, slots, strict=True):
         canvas.paste(picture, (left, top))
         draw.text((left + 2, top - line + 1), label, fill="black")
-        left += picture.width + gap
+        left += slot + gap
     return canvas
 
 
