@@ -1,14 +1,21 @@
 """Image files made in the test: two-colour halves, JPEG bytes, a folder of every mode and fault."""
 
 import io
+import math
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
+COLOUR_LABEL = "guided: colour (0.8, 0.4, 0.6), scale 40"  # conf/guidance/color.yaml's caption
+
+
+def label_width(label: str) -> int:
+    """The width a montage gives a panel's label (PIL's default font, 2 px either side)."""
+    return 4 + math.ceil(ImageDraw.Draw(Image.new("1", (1, 1))).textlength(label))
 
 
 def left_right(left: tuple, right: tuple, size=(40, 20)) -> Image.Image:

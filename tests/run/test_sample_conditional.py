@@ -15,6 +15,7 @@ from difftune.run import sample_images as sample_job
 from difftune.run.sweep import panel_labels
 from helpers.cli import one_line, run_cli
 from helpers.compose import CONF, compose_sample, shrink_sample
+from helpers.images import COLOUR_LABEL, label_width
 from helpers.models import conditional_tiny_base
 from helpers.runs import summary_rows
 
@@ -57,8 +58,9 @@ def test_all_classes_give_one_grid_row_each_from_the_same_noise(conditional_dir,
     # cfg_scale=3 run's, and each panel (enlarged 2x to 64 px) has 3 rows
     plain = run(conditional_dir, tmp_path / "plain", "cfg_scale=3")
     assert (out / "grid_unguided.png").read_bytes() == (plain / "grid.png").read_bytes()
-    assert Image.open(out / "comparison.png").size == (2 * 2 * (2 + 2 * SIDE) + 8,
-                                                       28 + 2 * (2 + 3 * SIDE))  # fmt: skip
+    width = 2 * (2 + 2 * SIDE)  # the guided slot as wide as its caption
+    assert Image.open(out / "comparison.png").size == (width + 8 + max(width, label_width(
+        COLOUR_LABEL)), 28 + 2 * (2 + 3 * SIDE))  # fmt: skip
 
 
 def test_a_class_by_name_or_id_is_its_row_of_the_all_classes_run(conditional_dir, tmp_path):

@@ -15,6 +15,7 @@ from difftune.hub.pipelines import load_noise_scheduler
 from difftune.pictures.images import save_grid
 from difftune.run.sample_images import make_scheduler, sample_images
 from helpers.compose import CONF, ROOT, compose_sample
+from helpers.images import COLOUR_LABEL, label_width
 
 SCHEDULER_CLASSES = {
     "ddim": DDIMScheduler,
@@ -48,7 +49,8 @@ def test_a_guided_sample_writes_the_unguided_grid_of_the_same_noise_beside_it(
     assert (guided / "grid_unguided.png").read_bytes() == (plain / "grid.png").read_bytes()
     assert (guided / "grid.png").read_bytes() != (plain / "grid.png").read_bytes()
     comparison = Image.open(guided / "comparison.png")  # two labelled panels, enlarged 4x
-    assert comparison.size == (2 * 4 * 38 + 8, 28 + 4 * 38)  # 2x2 images of 16 px, 2 px gaps
+    side = 4 * 38  # 2x2 images of 16 px, 2 px gaps; the guided slot as wide as its caption
+    assert comparison.size == (side + 8 + max(side, label_width(COLOUR_LABEL)), 28 + side)
     assert not (plain / "comparison.png").exists()
 
 
