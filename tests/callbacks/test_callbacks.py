@@ -192,3 +192,32 @@ def test_the_terminal_bar_counts_optimizer_steps_not_epochs_or_micro_batches(cap
     shown = capsys.readouterr().out
     assert "train: 100%" in shown and "4/4" in shown
     assert "Epoch" not in shown and "/-2" not in shown and "8/" not in shown
+
+
+def test_no_number_is_logged_every_step(tmp_path, tiny_pipeline_dir, monkeypatch):
+    """A Python number given to `log` becomes a tensor on the module's device: on a GPU a
+    host-to-device copy that waits for every queued kernel. The default callbacks log numbers at
+    most every `every_n_steps` and at an epoch's end, never each step."""
+    from lightning.pytorch import LightningModule
+    from torch import Tensor
+
+    numbers = {}
+    log = LightningModule.log
+
+    def recording_log(self, name, value, *args, **kwargs):
+        if not isinstance(value, Tensor) and self.trainer.training:
+            numbers.setdefault(name, []).append(self.trainer.global_step)
+        return log(self, name, value, *args, **kwargs)
+
+    monkeypatch.setattr(LightningModule, "log", recording_log)
+    model = f"model.pretrained={tiny_pipeline_dir}"
+    cfg = shrink(compose_train(model, "data.image_size=16", output_dir=tmp_path), steps=8)
+    with open_dict(cfg):
+        cfg.callbacks.throughput.every_n_steps = 4
+    train(cfg)
+    assert "data/skipped" in numbers and "perf/images_per_s" in numbers
+    for name, steps in numbers.items():
+        assert len(steps) <= 3, f"{name} logged a number at steps {steps}"
+    with open(tmp_path / "metrics.csv") as f:
+        skipped = [r["data/skipped"] for r in csv.DictReader(f) if r.get("data/skipped")]
+    assert skipped and all(float(s) == 0 for s in skipped)  # still logged, per epoch

@@ -85,15 +85,17 @@ class SkippedImages(Callback):
 
     def __init__(self) -> None:
         self.report = SkipReport()
+        self.epoch_skipped = 0  # this training epoch's count, logged once at its end
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.epoch_skipped = 0
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        skipped = self.report.add("train", batch)
-        pl_module.log(
-            "data/skipped", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum",
-            sync_dist=True,
-        )  # fmt: skip
+        # counted here, logged at the epoch's end: a number logged each step would be one
+        # host-to-GPU copy, which waits for the GPU, per step
+        self.epoch_skipped += self.report.add("train", batch)
 
     def on_validation_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
@@ -102,6 +104,10 @@ class SkippedImages(Callback):
         self.report.add("val", batch)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pl_module.log(
+            "data/skipped", float(self.epoch_skipped), on_step=False, on_epoch=True,
+            reduce_fx="sum", sync_dist=True,
+        )  # fmt: skip
         self.report.flush("train", f"epoch {trainer.current_epoch}", trainer)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
