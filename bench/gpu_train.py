@@ -11,11 +11,13 @@ accumulation) give the memory levers. Goal on one H100: >= 150 images/s at 256 p
 diffusers' train_unconditional.py Accelerate loop (bench/gpu_peer.py) with the same UNet, batch,
 precision and data workers, each in its own process; steady images/s from step `--warmup` to the
 last (train.py: the timestamps of its progress lines, which wait for the GPU; the peer: its
-clock). `--compile` adds a train.py run with `model.compile=true`. The last line is the ratio of
-the fastest train.py run.
+clock). `hardware=gpu` compiles the UNet (`model.compile=true`); each `--variants` string adds a
+train.py run with those overrides (`"model.channels_last=true"`, `"model.compile=false"`). Each
+train.py row gives its whole process's wall time too (imports and the compile build included).
+The last line is the ratio of the plain `train.py hardware=gpu` run.
 On a CPU both modes run a smoke size (tiny UNet, 32 px, float32) so the script stays tested.
     python bench/gpu_train.py [--size 256] [--batch-size 32] [--steps 16] [--compile] [--rows all]
-    python bench/gpu_train.py --peer [--images 512] [--jpeg-size 1024] [--steps 60] [--compile]
+    python bench/gpu_train.py --peer [--images 512] [--jpeg-size 1024] [--steps 60] [--variants ...]
 """
 
 import argparse
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -33,7 +36,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from gpu_peer import CELEBAHQ_256, SMOKE, write_jpegs
 from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch import Callback, Trainer
-from peer_train import train_py_steady
+from peer_train import PROGRESS_LINE, train_py_steady
 from torch.utils.data import DataLoader
 
 from difftune.core.module import DiffusionFineTuner
@@ -55,6 +58,7 @@ ROWS = {  # name: (levers, batch size divisor, accumulation)
 COMPILE_ROWS = {  # --compile: inductor may prefer NHWC convolutions that eager GroupNorm made slow
     "all + compile": (dict(ALL, compile=True), 1, 1),
     "all + channels_last + compile": (dict(ALL, compile=True, channels_last=True), 1, 1),
+    "24 GiB recipe + compile": (dict(ALL, checkpointing=True, compile=True), 2, 2),
 }
 CELEBAHQ_CLI = [
     "model=scratch", "model.unet.layers_per_block=2",
@@ -195,7 +199,8 @@ def levers_mode(args, device: str) -> None:
 
 
 def train_py(data_dir: Path, run_dir: Path, args, device: str, extra: list[str]) -> tuple:
-    """images/s (steady, data loading included) and peak GiB of one `python train.py` run."""
+    """images/s (steady, data loading included), peak GiB and wall seconds of one `python
+    train.py` run."""
     every = math.gcd(args.warmup, args.steps)
     command = [
         sys.executable, str(REPO / "train.py"), *CELEBAHQ_CLI,
@@ -209,7 +214,9 @@ def train_py(data_dir: Path, run_dir: Path, args, device: str, extra: list[str])
         "trainer.val_check_interval=100000",
         f"hydra.run.dir={run_dir}", f"resume_dir={run_dir.parent / 'resume'}", *extra,
     ]  # fmt: skip
+    start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
     output = done.stdout + done.stderr
     if done.returncode:
         sys.exit(f"train.py {' '.join(extra)} exited {done.returncode}:\n{output[-3000:]}")
@@ -217,7 +224,20 @@ def train_py(data_dir: Path, run_dir: Path, args, device: str, extra: list[str])
     with open(run_dir / "metrics.csv") as f:
         peaks = [float(r["perf/peak_memory_mb"]) for r in csv.DictReader(f)
                  if r.get("perf/peak_memory_mb")]  # fmt: skip
-    return steps_per_s * args.batch_size, max(peaks) / 1024
+    return steps_per_s * args.batch_size, max(peaks) / 1024, wall, intervals(output, args)
+
+
+def intervals(output: str, args) -> str:
+    """images/s between consecutive progress lines after the warm-up: an epoch's first batch
+    (the workers start again) or its short last one (eager under compile) shows as a dip."""
+    stamps = sorted((int(step), datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f"))
+                    for stamp, step in PROGRESS_LINE.findall(output))  # fmt: skip
+    rates = [
+        (b - a) * args.batch_size / (tb - ta).total_seconds()
+        for (a, ta), (b, tb) in zip(stamps, stamps[1:], strict=False)
+        if a >= args.warmup
+    ]
+    return " ".join(f"{rate:.1f}" for rate in rates)
 
 
 def peer(data_dir: Path, args) -> tuple[float, float]:
@@ -246,31 +266,24 @@ def peer_mode(args, device: str) -> None:
         rows = {"diffusers train_unconditional.py loop (Accelerate)": peer(data_dir, args)}
         print(f"{'peer':52} {rows[next(iter(rows))][0]:8.1f} images/s  "
               f"peak {rows[next(iter(rows))][1]:.2f} GiB", flush=True)  # fmt: skip
-        name = f"train.py hardware={'gpu' if device == 'cuda' else 'cpu'}"
-        runs = {} if args.compile and args.skip_eager else {name: []}
-        if args.compile:
-            extra = ["model.compile=true", *args.compile_extra]
-            runs[f"{name if args.skip_eager else ' '} + {' '.join(extra)}"] = extra
+        plain = f"train.py hardware={'gpu' if device == 'cuda' else 'cpu'}"
+        runs = {plain: [], **{f"{plain} {v}": v.split() for v in args.variants}}
         for i, (name, extra) in enumerate(runs.items()):
             rows[name] = train_py(data_dir, Path(tmp) / f"run{i}", args, device, extra)
-            print(f"{name:52} {rows[name][0]:8.1f} images/s  peak {rows[name][1]:.2f} GiB",
-                  flush=True)  # fmt: skip
-    ours = max(v[0] for v in list(rows.values())[1:])  # the train.py runs
-    print(
-        f"ratio train.py/peer images/s: {ours / rows[next(iter(rows))][0]:.2f} "
-        f"(train.py {ours:.1f} images/s)"
-    )
+            print(f"{name:52} {rows[name][0]:8.1f} images/s  peak {rows[name][1]:.2f} GiB  "
+                  f"process {rows[name][2]:.0f} s\n  images/s per progress interval: "
+                  f"{rows[name][3]}", flush=True)  # fmt: skip
+    ours, theirs = rows[plain][0], rows[next(iter(rows))][0]
+    print(f"ratio train.py/peer images/s: {ours / theirs:.2f} (train.py {ours:.1f} images/s)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
     parser.add_argument("--peer", action="store_true")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--compile-extra", nargs="*", default=[],
-                        help="--peer: more overrides for the compiled train.py run")  # fmt: skip
-    parser.add_argument("--skip-eager", action="store_true",
-                        help="--peer --compile: only the compiled train.py run")  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="rows: add the compiled rows")
+    parser.add_argument("--variants", nargs="*", default=[],
+                        help="--peer: a train.py run per string of overrides")  # fmt: skip
     parser.add_argument("--profile", action="store_true",
                         help="rows: the top operators of the steps before the timed")  # fmt: skip
     parser.add_argument("--rows", nargs="+", help="only the rows whose name contains one of these")

@@ -41,8 +41,14 @@ def test_gpu_sample_gives_ddimpipelines_images_and_a_ratio():
 
 
 def test_gpu_train_peer_runs_train_py_against_diffusers_loop():
-    lines = bench("bench/gpu_train.py", "--peer")
+    lines = bench("bench/gpu_train.py", "--peer", "--variants", "model.attention=classic")
     assert any(line.startswith("peer ") and "images/s" in line for line in lines)
-    assert any(line.startswith("train.py hardware=cpu ") for line in lines)
-    assert re.match(r"^ratio train.py/peer images/s: [\d.]+ \(train.py [\d.]+ images/s\)$",
-                    lines[-1])  # fmt: skip
+    plain = [line for line in lines if re.match(r"^train.py hardware=cpu +[\d.]+ images/s", line)]
+    variant = [line for line in lines if line.startswith("train.py hardware=cpu model.attention")]
+    assert len(plain) == 1 and len(variant) == 1, lines
+    assert re.search(r" process \d+ s$", variant[0])
+    intervals = [line for line in lines if line.startswith("  images/s per progress interval: ")]
+    assert len(intervals) == 2 and all(float(x) > 0 for x in intervals[0].split(":")[1].split())
+    ratio = re.match(r"^ratio train.py/peer images/s: [\d.]+ \(train.py ([\d.]+) images/s\)$",
+                     lines[-1])  # fmt: skip
+    assert ratio and ratio[1] == plain[0].split()[2]  # the ratio is the plain run's

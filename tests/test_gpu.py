@@ -84,13 +84,14 @@ def test_colour_guidance_step_on_gpu_matches_cpu(no_tf32):
 
 
 def test_hardware_gpu_levers_train_like_plain_bf16_and_export(tmp_path):
-    """hardware=gpu's levers (TF32, sdpa attention, pinned prefetching workers) leave the losses
-    of the same seeded run where plain bf16 with the classic attention puts them."""
+    """hardware=gpu's levers (TF32, sdpa attention, torch.compile, pinned prefetching workers)
+    leave the losses of the same seeded run where plain eager bf16 with the classic attention
+    puts them."""
     runs = {}
     for name, overrides in {
         "levers": ["hardware=gpu"],
         "plain": ["hardware=gpu", "matmul_precision=null", "data.num_workers=0",
-                  "model.attention=classic"],
+                  "model.attention=classic", "model.compile=false"],
     }.items():  # fmt: skip
         cfg = on_gpu(compose_train(*overrides, output_dir=tmp_path / name), "bf16-mixed")
         assert (cfg.matmul_precision == "high") is (name == "levers")

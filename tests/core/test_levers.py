@@ -170,9 +170,13 @@ def test_compile_that_torch_refuses_warns_and_stays_eager(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("error:model.compile=true")  # no silent eager fallback
-def test_compiled_unet_trains_as_eager_and_keeps_the_state_dict():
+@pytest.mark.parametrize(
+    "levers", [{}, pytest.param({"gradient_checkpointing": True}, marks=pytest.mark.slow)],
+    ids=["alone", "with checkpointing (the 24 GiB recipe under hardware=gpu)"],
+)  # fmt: skip
+def test_compiled_unet_trains_as_eager_and_keeps_the_state_dict(levers):
     x_0 = batches(1, 4)[0]["images"]
-    eager, compiled = make(), make(compile=True)
+    eager, compiled = make(), make(compile=True, **levers)
     compiled.on_fit_start()
     expected, got = gradients(eager, x_0), gradients(compiled, x_0)
     assert compiled._compiled_calls == 1, "the compiled forward fell back to eager"
@@ -312,9 +316,11 @@ def test_hardware_gpu_turns_the_measured_levers_on_and_cpu_leaves_them_off(tmp_p
         assert (cfg.data.num_workers, cfg.data.pin_memory, cfg.data.prefetch_factor) == (8, True, 4)
         # measured slower (channels_last) or refused with clipping (fused): left off
         assert not cfg.model.channels_last and cfg.model.optimizer.fused is None
+        assert cfg.model.compile is True  # 1.6x on an H200
     assert compose_train("hardware=multi_gpu", output_dir=tmp_path).trainer.strategy == "ddp"
     cpu = compose_train("hardware=cpu", output_dir=tmp_path)
     assert not cpu.model.channels_last and cpu.matmul_precision is None
+    assert cpu.model.compile is False  # minutes of build for a CPU run of minutes
 
 
 def test_fused_adamw_with_clipping_under_mixed_precision_is_one_line_before_the_run(tmp_path):
