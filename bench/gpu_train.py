@@ -24,6 +24,8 @@ import argparse
 import csv
 import logging
 import math
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -70,28 +72,47 @@ SMOKE_CLI = ["model.unet.block_out_channels=[32,32,64,64,64,64]", "+model.unet.n
 
 
 class Profile(Callback):
-    """torch.profiler over the (up to 3) steps before the timed ones; the top operators."""
+    """torch.profiler over the (up to 3) micro-batches before the timed ones, counted across
+    epochs: their wall time, the share of it the GPU was busy, and the top operators. Also in a
+    train.py run: `+callbacks.profile._target_=gpu_train.Profile +callbacks.profile.warmup=20`."""
 
     def __init__(self, warmup: int) -> None:
-        self.start, self.stop = max(1, warmup - 3), warmup - 1  # after step 0's compile
+        self.start = max(1, warmup - 3)  # after step 0's compile
+        self.stop = max(self.start, warmup - 1)
+        self.batches = -1
         activities = [torch.profiler.ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         self.profiler = torch.profiler.profile(activities=activities)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.start:
+        self.batches += 1
+        if self.batches == self.start:
+            sync()
+            self.started = time.perf_counter()
             self.profiler.start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx == self.stop:
-            self.profiler.stop()
-            on = "device" if torch.cuda.is_available() else "cpu"
-            table = self.profiler.key_averages().table(
-                sort_by=f"self_{on}_time_total", row_limit=25, max_name_column_width=60
-            )
-            steps = self.stop - self.start + 1
-            print(f"profile of {steps} steps, the top operators by self {on} time:\n{table}")
+        if self.batches != self.stop:
+            return
+        sync()
+        wall_ms = (time.perf_counter() - self.started) * 1e3
+        self.profiler.stop()
+        on = "device" if torch.cuda.is_available() else "cpu"
+        table = self.profiler.key_averages().table(
+            sort_by=f"self_{on}_time_total", row_limit=25, max_name_column_width=60
+        )
+        busy = re.search(r"Self CUDA time total: ([\d.]+)(m?s)", table)
+        busy_ms = float(busy[1]) * (1.0 if busy[2] == "ms" else 1e3) if busy else None
+        share = f", the GPU busy {busy_ms:.0f} ms ({busy_ms / wall_ms:.0%})" if busy_ms else ""
+        steps = self.stop - self.start + 1
+        print(f"profile of {steps} steps: {wall_ms:.0f} ms{share}; the top operators by self "
+              f"{on} time:\n{table}", flush=True)  # fmt: skip
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 class Meter(Callback):
@@ -101,13 +122,9 @@ class Meter(Callback):
         self.warmup, self.accumulate = warmup, accumulate
         self.losses: list[torch.Tensor] = []
 
-    def _sync(self) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
-            self._sync()
+            sync()
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -115,7 +132,7 @@ class Meter(Callback):
             self.losses.append(outputs["loss"].detach() * self.accumulate)  # Lightning's is /N
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._sync()
+        sync()
         self.seconds = time.perf_counter() - self.start
 
 
@@ -214,17 +231,28 @@ def train_py(data_dir: Path, run_dir: Path, args, device: str, extra: list[str])
         "trainer.val_check_interval=100000",
         f"hydra.run.dir={run_dir}", f"resume_dir={run_dir.parent / 'resume'}", *extra,
     ]  # fmt: skip
+    if args.profile:  # gpu_train.Profile (from bench/) over steps that end before the progress
+        # line of step `warmup`, where the timing starts (at a CPU smoke size: inside it)
+        command += ["+callbacks.profile._target_=gpu_train.Profile",
+                    f"+callbacks.profile.warmup={args.warmup - 1}"]  # fmt: skip
+    path = os.pathsep.join([str(REPO / "bench"), os.environ.get("PYTHONPATH", "")])
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=path))  # fmt: skip
     wall = time.perf_counter() - start
     output = done.stdout + done.stderr
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        (args.logs / f"{run_dir.name}.log").write_text(f"{' '.join(command)}\n{output}")
     if done.returncode:
         sys.exit(f"train.py {' '.join(extra)} exited {done.returncode}:\n{output[-3000:]}")
     steps_per_s = train_py_steady(output, args.warmup, args.steps)
     with open(run_dir / "metrics.csv") as f:
         peaks = [float(r["perf/peak_memory_mb"]) for r in csv.DictReader(f)
                  if r.get("perf/peak_memory_mb")]  # fmt: skip
-    return steps_per_s * args.batch_size, max(peaks) / 1024, wall, intervals(output, args)
+    profiled = re.search(r"^profile of \d+ steps: [^;]*", output, re.M)
+    summary = intervals(output, args) + (f"\n  {profiled[0]}" if profiled else "")
+    return steps_per_s * args.batch_size, max(peaks) / 1024, wall, summary
 
 
 def intervals(output: str, args) -> str:
@@ -285,7 +313,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=[],
                         help="--peer: a train.py run per string of overrides")  # fmt: skip
     parser.add_argument("--profile", action="store_true",
-                        help="rows: the top operators of the steps before the timed")  # fmt: skip
+                        help="the top operators of the steps before the timed (--peer: in the "
+                             "train.py runs' logs)")  # fmt: skip
+    parser.add_argument("--logs", type=Path, help="--peer: write each train.py run's output here")
     parser.add_argument("--rows", nargs="+", help="only the rows whose name contains one of these")
     parser.add_argument("--size", type=int, default=256 if cuda else 32)
     parser.add_argument("--batch-size", type=int, default=32 if cuda else 4)
