@@ -8,11 +8,13 @@ import csv
 import pytest
 import torch
 from diffusers import DDPMPipeline
+from lightning.pytorch import Callback
 
 from difftune.guidance import ColorLoss, Guidance
 from difftune.guidance.guide import apply_guidance
 from difftune.run.train import train
 from helpers.compose import compose_train, shrink
+from helpers.faults import run_with
 from helpers.models import make_tiny_unet
 
 pytestmark = [
@@ -102,3 +104,26 @@ def test_hardware_gpu_levers_train_like_plain_bf16_and_export(tmp_path):
     torch.testing.assert_close(runs["levers"], runs["plain"], atol=2e-2, rtol=5e-2)
     pipe = DDPMPipeline.from_pretrained(tmp_path / "levers" / "pipeline")
     assert pipe.unet.dtype == torch.float32
+
+
+class NanAtStep2(Callback):
+    """NaN images at step 2; conv_in's weight at the start of every step."""
+
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.weights.append(pl_module.unet.conv_in.weight.detach().clone())
+        if trainer.global_step == 2:
+            batch["images"].fill_(float("nan"))
+
+
+def test_fused_adamw_skips_a_nan_batch_on_the_gpu(tmp_path):
+    """The guard's skip on the device: the fused step's found_inf, read back through an event."""
+    cfg = on_gpu(compose_train("model.optimizer.fused=true", output_dir=tmp_path), "bf16-mixed")
+    poison = NanAtStep2()
+    metrics = run_with(cfg, poison)
+    assert len(poison.weights) == 6
+    assert torch.equal(poison.weights[2], poison.weights[3])  # the NaN step changed nothing
+    assert not torch.equal(poison.weights[3], poison.weights[4])
+    assert metrics["train/nonfinite_skipped"] == 1.0

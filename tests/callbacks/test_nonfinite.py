@@ -31,16 +31,35 @@ class PoisonBatches(Callback):
             batch["images"].fill_(float("nan"))
 
 
-def test_a_nan_batch_is_skipped_counted_and_training_goes_on(cfg_train, tmp_path):
+class AdamState(Callback):
+    """AdamW's step count and first moment of conv_in's weight at the end of training."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        optimizer = trainer.optimizers[0]
+        state = optimizer.state[pl_module.unet.conv_in.weight]
+        self.step, self.exp_avg = int(state["step"]), state["exp_avg"].clone()
+        self.found_inf_left = hasattr(optimizer, "found_inf")
+
+
+FUSED = pytest.mark.parametrize(
+    "fused", [False, True], ids=["adamw (checked on the host)", "fused adamw (skips on device)"]
+)
+
+
+@FUSED
+def test_a_nan_batch_is_skipped_counted_and_training_goes_on(cfg_train, tmp_path, fused):
     cfg = shrink(cfg_train, steps=6)
     with open_dict(cfg):
         cfg.trainer.log_every_n_steps = 1
-    poison = PoisonBatches(step=2)
-    metrics = run_with(cfg, poison)
+        cfg.model.optimizer.fused = fused or None
+    poison, adam = PoisonBatches(step=2), AdamState()
+    metrics = run_with(cfg, poison, adam)
     assert [step for step, _ in poison.weights] == [0, 1, 2, 3, 4, 5]
     # no update from the NaN batch (its step number passes, the weights stay)
     assert torch.equal(poison.weights[2][1], poison.weights[3][1])
     assert not torch.equal(poison.weights[3][1], poison.weights[4][1])
+    assert adam.step == 5 and torch.isfinite(adam.exp_avg).all()  # the NaN step left no trace
+    assert not adam.found_inf_left
     assert metrics["train/nonfinite_skipped"] == 1.0
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     assert (tmp_path / "pipeline" / "model_index.json").is_file()
@@ -74,10 +93,13 @@ def test_a_nan_micro_batch_drops_its_whole_accumulation_window(tmp_path):
     assert metrics["train/nonfinite_skipped"] == 1.0
 
 
-def test_k_consecutive_nan_batches_stop_with_a_checkpoint(tmp_path):
+@FUSED
+def test_k_consecutive_nan_batches_stop_with_a_checkpoint(tmp_path, fused):
     cfg = shrink(
-        compose_train("callbacks.nonfinite.max_consecutive=3", output_dir=tmp_path), steps=20
-    )
+        compose_train("callbacks.nonfinite.max_consecutive=3", f"model.optimizer.fused={fused}",
+                      output_dir=tmp_path),
+        steps=20,
+    )  # fmt: skip
     poison = PoisonBatches(step=2, times=100)  # every batch from step 2 on is NaN
     with pytest.raises(DifftuneError, match="3 consecutive non-finite losses up to step 4"):
         run_with(cfg, poison)
@@ -86,10 +108,13 @@ def test_k_consecutive_nan_batches_stop_with_a_checkpoint(tmp_path):
     assert not (tmp_path / "pipeline").exists()
 
 
-def test_on_nonfinite_stop_stops_at_the_first(tmp_path):
+@FUSED
+def test_on_nonfinite_stop_stops_at_the_first(tmp_path, fused):
     cfg = shrink(
-        compose_train("callbacks.nonfinite.on_nonfinite=stop", output_dir=tmp_path), steps=20
-    )
+        compose_train("callbacks.nonfinite.on_nonfinite=stop", f"model.optimizer.fused={fused}",
+                      output_dir=tmp_path),
+        steps=20,
+    )  # fmt: skip
     stop = r"non-finite loss at step 1 \(callbacks.nonfinite.on_nonfinite=stop\)"
     with pytest.raises(DifftuneError, match=stop):
         run_with(cfg, PoisonBatches(step=1))

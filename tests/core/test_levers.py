@@ -323,19 +323,46 @@ def test_hardware_gpu_turns_the_measured_levers_on_and_cpu_leaves_them_off(tmp_p
     assert cpu.model.compile is False  # minutes of build for a CPU run of minutes
 
 
-def test_fused_adamw_with_clipping_under_mixed_precision_is_one_line_before_the_run(tmp_path):
-    """Lightning refuses to clip a fused optimizer's gradients under AMP, at the first step."""
+def test_fused_adamw_with_clipping_under_fp16_is_one_line_before_the_run(tmp_path):
+    """Under fp16 the fused step unscales the gradients itself, after any clip: refused before
+    the run. bf16 and float32 have no gradient scaler: the module clips there."""
     from difftune.run.checks import check_train_config
 
     cfg = compose_train("model.optimizer.fused=true", output_dir=tmp_path)
-    check_train_config(cfg)  # float32: Lightning clips a fused AdamW there
-    cfg.trainer.precision = "bf16-mixed"
-    with pytest.raises(DifftuneError, match=r"^model.optimizer.fused=true with trainer.gradient_"
-                       r"clip_val=1.0 under trainer.precision=bf16-mixed: .*fused=null or "
-                       r"trainer.gradient_clip_val=0$"):  # fmt: skip
+    for precision in ("32-true", "bf16-mixed"):
+        cfg.trainer.precision = precision
+        check_train_config(cfg)
+    cfg.trainer.precision = "16-mixed"
+    refused = (r"^model.optimizer.fused=true with trainer.gradient_clip_val=1.0 under "
+               r"trainer.precision=16-mixed: .*fused=null, trainer.gradient_clip_val=0 or "
+               r"trainer.precision=bf16-mixed$")  # fmt: skip
+    with pytest.raises(DifftuneError, match=refused):
         check_train_config(cfg)
     cfg.trainer.gradient_clip_val = 0
     check_train_config(cfg)
+
+
+@pytest.mark.filterwarnings("ignore:trainer.precision=bf16-mixed on CPU")
+def test_fused_adamw_under_bf16_is_clipped_as_lightning_clips_plain_adamw(tmp_path):
+    """Lightning refuses to clip a fused optimizer under any mixed precision; the module clips it
+    itself where no scaler is in play. A clip to norm 1e-8 shrinks AdamW's first step well below lr
+    (g/(|g|+eps) with |g| mostly below eps): the fused run moves as the plain clipped one."""
+    start = DDPMPipeline.from_pretrained(CONF.parent / "src/difftune/assets/tiny_base").unet
+    moved = {}
+    for name, overrides in {
+        "fused": ["model.optimizer.fused=true", "trainer.gradient_clip_val=1e-8"],
+        "plain": ["trainer.gradient_clip_val=1e-8"],
+        "unclipped": ["model.optimizer.fused=true", "trainer.gradient_clip_val=null"],
+    }.items():  # fmt: skip
+        cfg = shrink(compose_train(*overrides, output_dir=tmp_path / name), 1)
+        cfg.trainer.precision = "bf16-mixed"
+        train(cfg)
+        weights = DDPMPipeline.from_pretrained(tmp_path / name / "pipeline").unet.state_dict()
+        moved[name] = {k: w - start.state_dict()[k] for k, w in weights.items()}
+    for key, delta in moved["plain"].items():
+        torch.testing.assert_close(moved["fused"][key], delta, rtol=1e-3, atol=1e-10, msg=key)
+    largest = {name: max(d.abs().max().item() for d in m.values()) for name, m in moved.items()}
+    assert largest["unclipped"] > 10 * largest["fused"] > 0, largest  # measured 15x
 
 
 def test_prefetch_factor_reaches_the_loader_and_is_checked():

@@ -261,6 +261,26 @@ class DiffusionFineTuner(LightningModule):
         rest = [p for p in self.unet.parameters() if id(p) not in chosen]
         return [{"params": rest}, {"params": embedding, "lr": self.class_embedding_lr}]
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping; for a fused optimizer without a gradient scaler (bf16-mixed,
+        32-true) torch's clipping of its gradients here, which Lightning refuses under any mixed
+        precision because under fp16 the fused step unscales them only after the clip."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if not (gradient_clip_val and fused and scaler is None):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if str(gradient_clip_algorithm) == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
         if self.lr_scheduler_factory is None:

@@ -109,12 +109,12 @@ def check_train_config(cfg: DictConfig) -> None:
     )
     precision = str(cfg.trainer.get("precision", "32-true"))
     clip = cfg.trainer.get("gradient_clip_val") or 0
-    _require(
-        not (cfg.model.optimizer.get("fused") and clip > 0 and "mixed" in precision),
+    _require(  # fp16's gradient scaler: the fused step unscales the gradients after any clip
+        not (cfg.model.optimizer.get("fused") and clip > 0 and precision in ("16-mixed", "16")),
         f"model.optimizer.fused=true with trainer.gradient_clip_val={clip} under "
-        f"trainer.precision={precision}: Lightning cannot clip the gradients of a fused "
-        "optimizer under mixed precision; set model.optimizer.fused=null or "
-        "trainer.gradient_clip_val=0",
+        f"trainer.precision={precision}: a fused optimizer unscales fp16 gradients only in its "
+        "step, after the clip; set model.optimizer.fused=null, trainer.gradient_clip_val=0 or "
+        "trainer.precision=bf16-mixed",
     )
     if cfg.trainer.get("accelerator") == "cpu" and "16" in precision:  # bf16 / fp16, mixed or true
         warnings.warn(
