@@ -58,8 +58,9 @@ class NonFiniteGuard(Callback):
             return
         finite = torch.stack(torch._foreach_norm(grads)).isfinite().all()
         if not skips_on_device(trainer, optimizer):
-            self._after_step(trainer, pl_module, step=trainer.global_step, finite=bool(finite))
-            if not finite:
+            ok = bool(finite)  # waits for the GPU
+            self._after_step(trainer, pl_module, step=trainer.global_step, finite=ok)
+            if not ok:
                 for group in optimizer.param_groups:
                     for p in group["params"]:
                         p.grad = None
