@@ -1,6 +1,8 @@
 """Non-finite losses: the batch's step skipped and counted (on every rank), or the run stopped."""
 
 import csv
+import json
+import math
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from lightning.pytorch import Callback
 from omegaconf import open_dict
 
 from difftune.errors import DifftuneError
+from difftune.run.final_metrics import read_final_metrics
 from helpers.cli import RESUME_RUN, run_train
 from helpers.compose import compose_train, shrink
 from helpers.faults import run_with
@@ -119,6 +122,14 @@ def test_on_nonfinite_stop_stops_at_the_first(tmp_path, fused):
     with pytest.raises(DifftuneError, match=stop):
         run_with(cfg, PoisonBatches(step=1))
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 2
+    # strict JSON (jq, pandas, JavaScript): the NaN loss is null, not Python's NaN token
+    text = (tmp_path / "final_metrics.json").read_text()
+    assert json.loads(text, parse_constant=reject)["train/loss"] is None
+    assert math.isnan(read_final_metrics(tmp_path / "final_metrics.json")["train/loss"])
+
+
+def reject(token: str) -> None:
+    raise ValueError(f"{token} is not JSON")
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from difftune.hub.model_card import dataset_name, write_model_card
 from difftune.hub.pipelines import export_pipeline
 from difftune.hub.push import push_to_hub
 from difftune.run.disk import reported_writes
+from difftune.run.final_metrics import write_final_metrics
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ class ExportPipeline(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        text = json.dumps(final_metrics(trainer), indent=2, sort_keys=True) + "\n"
-        (self.output_dir / "final_metrics.json").write_text(text)
+        write_final_metrics(self.output_dir / "final_metrics.json", final_metrics(trainer))
         stopped = any(isinstance(c, NonFiniteGuard) and c.stop_reason for c in trainer.callbacks)
         if self.export_dir is None or stopped:
             return

@@ -11,7 +11,6 @@ the weights are loaded strictly. The output path is printed; errors are one line
 """
 
 import argparse
-import json
 import pickle
 import re
 import sys
@@ -33,6 +32,7 @@ from difftune.hub.pipelines import export_pipeline, load_noise_scheduler, load_u
 from difftune.hub.push import push_to_hub
 from difftune.run.cli import exit_on_user_error, user_error
 from difftune.run.disk import reported_writes
+from difftune.run.final_metrics import read_final_metrics
 from difftune.run.run_dir import check_export_dir
 
 PREFIX = "unet."
@@ -202,7 +202,7 @@ def run_facts(
         lr=get("model.optimizer.lr") or 0.0,
         precision=str(get("trainer.precision") or "unknown"),
         ema=None if raw or not get("ema") else get("ema.decay"),
-        metrics=json.loads(final.read_text()) if at_the_end else {},
+        metrics=read_final_metrics(final) if at_the_end else {},
         sample_grid=grid if grid is not None and grid.is_file() else None,
         image_size=get("data.image_size"),
     )

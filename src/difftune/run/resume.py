@@ -20,6 +20,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.errors import DifftuneError
+from difftune.run.final_metrics import read_final_metrics
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def finished_metrics(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]
     if Path(ckpt_path).resolve().parent.parent != own or _step(Path(ckpt_path)) < max_steps:
         return None
     log.info("%s is at step %d, this run's max_steps: nothing left to train", ckpt_path, max_steps)
-    return json.loads(final.read_text())
+    return read_final_metrics(final)
 
 
 def continue_in_its_dir(config_dir: Path, config_name: str, argv: list[str]) -> list[str]:
