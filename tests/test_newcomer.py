@@ -102,8 +102,8 @@ def test_train_py_help_does_not_load_the_training_stack():
         "import runpy, sys; sys.argv = ['train.py', '--help']\n"
         "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
-        "print('LOADED', ' '.join(m for m in ('difftune.run.train', 'diffusers', 'open_clip') "
-        "if m in sys.modules))"
+        "print('LOADED', ' '.join(m for m in ('difftune.run.train', 'diffusers', 'open_clip', "
+        "'lightning', 'torch') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True

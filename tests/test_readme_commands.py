@@ -74,7 +74,7 @@ def test_the_readme_has_commands_to_check():
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_readme_command_composes_for_every_job(command, monkeypatch):
     script, overrides, _ = split(command)
-    monkeypatch.setattr(preflight.torch.cuda, "is_available", lambda: True)  # GPU examples too
+    monkeypatch.setattr(preflight, "cuda_available", lambda: True)  # GPU examples too
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "readme")  # torchrun's examples
     monkeypatch.setattr(preflight.shutil, "which", lambda name: f"/usr/bin/{name}")  # SLURM's
     check_command_line(CONF, script, overrides)
@@ -141,7 +141,7 @@ def test_every_readme_error_example_is_the_line_a_user_gets(
     script, overrides, env = split(command)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(preflight.torch.cuda, "is_available", lambda: False)  # "no GPU" examples
+    monkeypatch.setattr(preflight, "cuda_available", lambda: False)  # "no GPU" examples
     monkeypatch.chdir(ROOT)
     try:
         check_command_line(CONF, script, overrides)

@@ -33,13 +33,13 @@ def test_unknown_option_lists_the_valid_ones():
 
 
 def test_multi_gpu_without_a_gpu_is_one_line(monkeypatch):
-    monkeypatch.setattr(preflight.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(preflight, "cuda_available", lambda: False)
     with pytest.raises(DifftuneError, match=r"^hardware=multi_gpu: trainer.accelerator=gpu but no"):
         check_command_line(CONF, "train", ["hardware=multi_gpu"])
 
 
 def test_an_experiment_that_sets_a_gpu_is_named_not_the_key_it_set(monkeypatch):
-    monkeypatch.setattr(preflight.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(preflight, "cuda_available", lambda: False)
     with pytest.raises(DifftuneError) as err:
         check_command_line(CONF, "train", ["experiment=vintage_faces"])
     assert str(err.value).startswith(

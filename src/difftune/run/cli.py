@@ -11,7 +11,6 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from difftune.errors import DifftuneError
 from difftune.run.build_errors import config_error, interpolation_error
@@ -28,6 +27,13 @@ def user_error(err: BaseException) -> DifftuneError | None:
             return err
         err = err.__cause__
     return None
+
+
+def sigterm(err: BaseException | None) -> bool:
+    """Whether `err` is Lightning's `SIGTERMException` (lightning is not imported for it:
+    `--help` and bad input need none of it, and a run that raised one has imported it)."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
 
 
 def full_trace() -> bool:
@@ -63,10 +69,10 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SystemExit as err:  # SIGTERM, or Lightning's exit(1) after Ctrl-C: `last.ckpt`
-            stop = err if isinstance(err, SIGTERMException) else err.__context__  # was saved
-            if not isinstance(stop, SIGTERMException | KeyboardInterrupt) or full_trace():
+            stop = err if sigterm(err) else err.__context__  # was saved
+            if not (sigterm(stop) or isinstance(stop, KeyboardInterrupt)) or full_trace():
                 raise
-            signal = "SIGTERM" if isinstance(stop, SIGTERMException) else "Ctrl-C"
+            signal = "SIGTERM" if sigterm(stop) else "Ctrl-C"
             where = getattr(stop, "resume_hint", "")
             sys.stderr.write(f"error: stopped by {signal}{' ' + where if where else ''}\n")
             sys.exit(2)

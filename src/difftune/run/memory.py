@@ -1,8 +1,8 @@
 """Out of memory: an allocation torch could not make, as one line naming the keys that size it."""
 
 import re
+import sys
 
-import torch
 from omegaconf import DictConfig
 
 from difftune.errors import DifftuneError, error_chain
@@ -18,10 +18,17 @@ SAMPLE_ADVICE = (
 )
 
 
+def on_the_gpu(err: BaseException) -> bool:
+    """Whether `err` is torch's `OutOfMemoryError` (torch is not imported for it: an error
+    raised before torch loaded is not torch's)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(err, torch.OutOfMemoryError)
+
+
 def out_of_memory(err: BaseException | None) -> BaseException | None:
     """The allocation failure behind `err` (torch's CUDA/CPU allocator, Python's), else None."""
     for e in error_chain(err):
-        if isinstance(e, torch.OutOfMemoryError | MemoryError):
+        if isinstance(e, MemoryError) or on_the_gpu(e):
             return e
         if isinstance(e, RuntimeError) and "DefaultCPUAllocator" in str(e):
             return e
@@ -31,7 +38,7 @@ def out_of_memory(err: BaseException | None) -> BaseException | None:
 def _what(found: BaseException) -> str:
     """'GPU memory (tried to allocate 2.00 GiB; 1.23 GiB free of 79.19 GiB)', or the CPU's."""
     text = str(found)
-    on_gpu = isinstance(found, torch.OutOfMemoryError)
+    on_gpu = on_the_gpu(found)
     gpu_try = re.search(r"Tried to allocate ([\d.]+ ?[KMGT]?i?B)", text)
     cpu_try = re.search(r"you tried to allocate (\d+) bytes", text)
     free = re.search(r"total capacity of ([\d.]+ ?\w+) of which ([\d.]+ ?\w+) is free", text)

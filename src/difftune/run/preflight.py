@@ -14,7 +14,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
@@ -44,6 +43,14 @@ PAGE_KEYS = ("guidance", "colour", "prompt", "scale", "through_unet", "schedule"
 SUBMITIT_HINT = "pip install hydra-submitit-launcher (it is in difftune's dependencies)"
 
 
+def cuda_available() -> bool:
+    """`torch.cuda.is_available()`, torch imported for a GPU config only (`--help` and bad input
+    need none of it)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def check_hardware(cfg: DictConfig, multirun: bool = False) -> None:
     """A GPU config needs a visible GPU; DDP over several devices in a `-m` sweep needs torchrun."""
     trainer = cfg.trainer
@@ -64,7 +71,7 @@ def check_hardware(cfg: DictConfig, multirun: bool = False) -> None:
     }
     if choice and experiment and "hardware" not in typed:
         name = f"experiment={experiment} (it sets hardware={choice})"
-    if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+    if trainer.get("accelerator") in ("gpu", "cuda") and not cuda_available():
         raise DifftuneError(
             f"{name}: trainer.accelerator={trainer.get('accelerator')} but no CUDA GPU is visible; "
             "add hardware=cpu (or hardware=ddp_cpu for DDP on the CPU)"

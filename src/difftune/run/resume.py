@@ -16,7 +16,6 @@ import logging
 import os
 from pathlib import Path
 
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from difftune.errors import DifftuneError
@@ -164,6 +163,8 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     elif cfg.get("resume"):
         ckpt_path = str(latest_checkpoint(cfg))
         log.info("resume=true: resuming from %s", ckpt_path)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only  # here: `--help` needs none
+
     if rank_zero_only.rank == 0:
         register_run(cfg)
     return ckpt_path
