@@ -26,8 +26,14 @@ SHORT = [  # 2 steps of the embedded default, no grids or curves
 ]  # fmt: skip
 
 
-def test_a_notebook_run_leaves_the_run_dir_a_command_line_run_leaves(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # a notebook anywhere: the configs come from the package's repo
+@pytest.fixture(autouse=True)
+def notebook_anywhere(tmp_path, monkeypatch):
+    """A notebook's working directory is not the repo (the configs come from the package), and a
+    run's relative paths (outputs/train/resume, its index for resume=true) land there."""
+    monkeypatch.chdir(tmp_path)
+
+
+def test_a_notebook_run_leaves_the_run_dir_a_command_line_run_leaves(tmp_path):
     cfg = compose_config("train", [*SHORT, "model.optimizer.lr=3e-4"], output_dir="nb_run")
     run = tmp_path / "nb_run"
     assert cfg.paths.output_dir == str(run)
@@ -44,8 +50,7 @@ def test_a_notebook_run_leaves_the_run_dir_a_command_line_run_leaves(tmp_path, m
     assert all(torch.equal(again[k], v) for k, v in unet_weights(run).items())
 
 
-def test_the_default_output_dir_is_the_command_lines(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_the_default_output_dir_is_the_command_lines(tmp_path):
     cfg = compose_config("sample", ["num_images=2"])
     out = cfg.paths.output_dir
     assert out.startswith(str(tmp_path / "outputs" / "sample" / "20")), out
@@ -69,8 +74,7 @@ def test_bad_values_are_the_command_lines_one_line_before_anything_loads(tmp_pat
         compose_config("train", "seed=1")
 
 
-def test_overrides_from_a_generator_and_two_default_dirs_in_one_second(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_overrides_from_a_generator_and_two_default_dirs_in_one_second(tmp_path):
     cfg = compose_config("train", (o for o in ["trainer.max_steps=7"]))
     assert cfg.trainer.max_steps == 7  # not the default: the generator was read once, and used
     configs = [compose_config("train", [f"model.optimizer.lr={lr}"]) for lr in (1e-4, 3e-4)]
@@ -78,8 +82,7 @@ def test_overrides_from_a_generator_and_two_default_dirs_in_one_second(tmp_path,
     assert first != second and cfg.paths.output_dir not in (first, second)
 
 
-def test_resume_true_from_python_continues_in_the_run_dir_of_its_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the resume index under ./outputs, as for a command line
+def test_resume_true_from_python_continues_in_the_run_dir_of_its_checkpoint(tmp_path):
     every_step = [*SHORT, "trainer.log_every_n_steps=1"]
     train(compose_config("train", every_step, output_dir="first"))
     cfg = compose_config("train", [*every_step, "trainer.max_steps=4", "resume=true"])
