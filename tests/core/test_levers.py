@@ -168,13 +168,27 @@ def test_compile_that_torch_refuses_warns_and_stays_eager(monkeypatch):
     assert module._compiled_forward is None
 
 
+def partitioned_without_codegen(monkeypatch) -> None:
+    """torch.compile through dynamo, AOTAutograd's decompositions and its min-cut partitioner
+    (where checkpointed regions are recomputed), without inductor's C++ codegen (a minute cold)."""
+    torch_compile = torch.compile
+
+    def compile_(fn, **kwargs):
+        return torch_compile(fn, backend="aot_eager_decomp_partition", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_)
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("error:model.compile=true")  # no silent eager fallback
 @pytest.mark.parametrize(
-    "levers", [{}, pytest.param({"gradient_checkpointing": True}, marks=pytest.mark.slow)],
+    "levers, backend",
+    [({}, "inductor"), ({"gradient_checkpointing": True}, "aot_eager_decomp_partition")],
     ids=["alone", "with checkpointing (the 24 GiB recipe under hardware=gpu)"],
 )  # fmt: skip
-def test_compiled_unet_trains_as_eager_and_keeps_the_state_dict(levers):
+def test_compiled_unet_trains_as_eager_and_keeps_the_state_dict(levers, backend, monkeypatch):
+    if backend != "inductor":
+        partitioned_without_codegen(monkeypatch)
     x_0 = batches(1, 4)[0]["images"]
     eager, compiled = make(), make(compile=True, **levers)
     compiled.on_fit_start()

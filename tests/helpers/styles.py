@@ -13,18 +13,20 @@ STYLES = ["photo", "vintage", "cyanotype"]
 PER_CLASS = 30
 
 
-def accuracy(pretrained: Path, out: Path, *overrides: str) -> tuple[float, dict]:
-    """Share of `PER_CLASS` samples per class that `style_of` labels as the class asked for."""
+def accuracy(
+    pretrained: Path, out: Path, *overrides: str, per_class: int = PER_CLASS
+) -> tuple[float, dict]:
+    """Share of `per_class` samples per class that `style_of` labels as the class asked for."""
     cfg = compose_sample(
-        f"pretrained={pretrained}", f"num_images={PER_CLASS}", f"batch_size={PER_CLASS}",
+        f"pretrained={pretrained}", f"num_images={per_class}", f"batch_size={per_class}",
         *overrides, output_dir=out,
     )  # fmt: skip
     sample_images(cfg)
     confusion = {}
     for name in STYLES:
         files = sorted((out / "images").glob(f"{name}_*.png"))
-        assert len(files) == PER_CLASS
+        assert len(files) == per_class
         seen = [style_of(np.asarray(Image.open(f), dtype=np.float32) / 127.5 - 1) for f in files]
         confusion[name] = {style: seen.count(style) for style in STYLES}
     hits = sum(confusion[name][name] for name in STYLES)
-    return hits / (PER_CLASS * len(STYLES)), confusion
+    return hits / (per_class * len(STYLES)), confusion
