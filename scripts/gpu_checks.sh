@@ -3,10 +3,12 @@
 # under its own time limit so one that hangs leaves the others their time:
 #   bash scripts/gpu_checks.sh [LOG_DIR]
 # 1. bench/gpu_train.py --peer: train.py hardware=gpu (it compiles the UNet now) on 512 real-size
-#    JPEGs against diffusers' Accelerate loop, and three variants: + channels_last (on an H200
-#    28 % of the compiled step's GPU time went to cuDNN's NCHW<->NHWC transposes), without the
-#    non-finite guard (its check waits for the GPU once a step), and fused AdamW (with it the
-#    guard skips a NaN step on the GPU, waiting for nothing). Goal >= 150 images/s and
+#    JPEGs against diffusers' Accelerate loop, and three variants: fused AdamW (with it the
+#    non-finite guard skips a NaN step on the GPU, and a training step reads nothing on the host,
+#    so the host queues the next step while the GPU runs this one; with plain AdamW the guard's
+#    check waits for the GPU once a step), + channels_last (on an H200 28 % of the compiled
+#    step's GPU time went to cuDNN's NCHW<->NHWC transposes), and + EMA (its update no longer
+#    reads n_averaged on the host; what does EMA cost a step?). Goal >= 150 images/s and
 #    >= 1.5x; on an H200: 133.1 images/s, 1.54x (bare compiled Trainer.fit: 152.8, its profile
 #    202 ms of GPU time a step against 209 ms measured: the GPU ~97 % busy). Each run's images/s
 #    per 10 steps (a dip per epoch?) and its profile of the 3 steps before the timed ones (the
@@ -39,8 +41,8 @@ print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'lightning
 } 2>&1 | tee "$log_dir/gpu.txt"
 grep -q "^torch" "$log_dir/gpu.txt" || { echo "the imports failed: see $log_dir/gpu.txt"; exit 1; }
 part gpu_train_peer 330 "$python" bench/gpu_train.py --peer --steps 50 --warmup 20 --profile \
-  --logs "$log_dir/train_py" --variants "model.channels_last=true" "callbacks.nonfinite=null" \
-  "model.optimizer.fused=true"
+  --logs "$log_dir/train_py" --variants "model.optimizer.fused=true" \
+  "model.optimizer.fused=true model.channels_last=true" "model.optimizer.fused=true ema=default"
 part gpu_train_recipe 120 "$python" bench/gpu_train.py --compile --rows "24 GiB"
 part tests 90 "$python" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
 echo "== done $(date +%T)"

@@ -192,6 +192,10 @@ def test_the_terminal_bar_counts_optimizer_steps_not_epochs_or_micro_batches(cap
     shown = capsys.readouterr().out
     assert "train: 100%" in shown and "4/4" in shown
     assert "Epoch" not in shown and "/-2" not in shown and "8/" not in shown
+    # the loss the bar shows is the last step's (read by the bar: train/loss is not a prog_bar
+    # metric, which Lightning would read on the host after every batch)
+    assert f"train/loss={fit.callback_metrics['train/loss'].item():.3g}" in shown
+    assert "train/loss" not in fit.progress_bar_metrics
 
 
 def test_no_number_is_logged_every_step(tmp_path, tiny_pipeline_dir, monkeypatch):

@@ -273,3 +273,16 @@ def test_resuming_a_finished_run_leaves_its_metrics_and_export_as_they_are(tmp_p
     assert (run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
         weights
     )
+
+
+def test_an_ema_run_resumed_from_its_checkpoint_exports_the_uninterrupted_average(tmp_path):
+    """The average and its warm-up count (`n_averaged`, kept on the host too) come back."""
+    every_3 = ["ema=default", "callbacks.model_checkpoint.every_n_train_steps=3"]
+    train(quick(tmp_path / "whole", *every_3, steps=6))
+    train(quick(tmp_path / "first", *every_3, steps=3))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train(quick(tmp_path / "resumed", *every_3, f"ckpt_path={last}", steps=6))
+    expected, got = unet_weights(tmp_path / "whole"), unet_weights(tmp_path / "resumed")
+    assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
+    first = unet_weights(tmp_path / "first")
+    assert max((first[k] - expected[k]).abs().max().item() for k in expected) > 1e-4

@@ -6,6 +6,8 @@ Lightning's bars count the micro-batches of an epoch: with `max_epochs=-1` they 
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
@@ -14,7 +16,11 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 class StepProgressBar(TQDMProgressBar):
     """One bar for the whole fit: `train: 40/300 [00:12<01:20, 3.1it/s, train/loss=0.071]`,
-    where it/s is optimizer steps per second."""
+    where it/s is optimizer steps per second. The loss is read at most every `LOSS_EVERY_S`
+    seconds: on a GPU each read waits for the step."""
+
+    LOSS_EVERY_S = 0.5
+    _loss_read_at = -math.inf
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -34,7 +40,16 @@ class StepProgressBar(TQDMProgressBar):
             return  # a micro-batch inside an accumulation window: no new step
         if step % self.refresh_rate == 0 or step == bar.total:
             bar.n = step
-            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            now = time.monotonic()
+            if now - self._loss_read_at < self.LOSS_EVERY_S and step != bar.total:
+                bar.refresh()
+                return
+            self._loss_read_at = now
+            metrics = self.get_metrics(trainer, pl_module)
+            loss = trainer.callback_metrics.get("train/loss")
+            if loss is not None:
+                metrics["train/loss"] = float(loss)
+            bar.set_postfix(metrics)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """The bar lives on across epochs; it closes at the end of training."""

@@ -217,8 +217,10 @@ class DiffusionFineTuner(LightningModule):
         noise, t = self.draw_noise_and_timesteps(x_0, generator)
         labels = self.labels_of(batch, generator)
         loss = self.diffusion_loss(x_0, noise, t, labels)
-        # the mean over ranks under DDP (one all-reduce of a scalar per step)
-        self.log("train/loss", loss, prog_bar=True, batch_size=x_0.shape[0], sync_dist=True)
+        # the mean over ranks under DDP (one all-reduce of a scalar per step); not prog_bar:
+        # Lightning reads progress-bar metrics on the host after every batch, which on a GPU
+        # waits for the step (the bar shows the loss itself, read at most twice a second)
+        self.log("train/loss", loss, batch_size=x_0.shape[0], sync_dist=True)
         return loss
 
     def labels_of(
