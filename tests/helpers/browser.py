@@ -36,6 +36,10 @@ CHROME_ARGS = (
 SERVER_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
               "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}  # fmt: skip
 
+# how long a wait may take before the page counts as hung: no speed limit (beside the suite's other
+# worker a 20-step sample of a few seconds took over a minute, its last step to "done" included)
+HANG_S = 300.0
+
 
 def free_port() -> int:
     """A TCP port nothing listens on now."""
@@ -47,7 +51,7 @@ def free_port() -> int:
 Server = tuple[subprocess.Popen, str]  # the demo process and its url
 
 
-def start_demo(run_dir: Path, *overrides: str, timeout: float = 120) -> Server:
+def start_demo(run_dir: Path, *overrides: str, timeout: float = HANG_S) -> Server:
     """`python demo.py` on a free port, in its own process group, once GET / answers 200."""
     port, log = free_port(), run_dir.parent / f"{run_dir.name}.log"
     env = dict(os.environ, **SERVER_ENV, GRADIO_TEMP_DIR=str(run_dir.parent / "gradio_cache"))
@@ -144,7 +148,9 @@ class DemoPage:
 
     def open(self) -> DemoPage:
         self.driver.get(self.url)
-        self.wait(lambda: self.driver.find_elements(By.CSS_SELECTOR, "#run"), 30, "Sample button")
+        self.wait(
+            lambda: self.driver.find_elements(By.CSS_SELECTOR, "#run"), HANG_S, "Sample button"
+        )
         return self
 
     def focus(self) -> None:
@@ -175,7 +181,7 @@ class DemoPage:
         self.find("h1").click()
         r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
         swatch, button = f"background: rgb({r}, {g}, {b})", "#colour button.dialog-button"
-        self.wait(lambda: swatch in self.find(button).get_attribute("style"), 5,
+        self.wait(lambda: swatch in self.find(button).get_attribute("style"), HANG_S,
                   f"colour swatch showing {hex_colour}")  # fmt: skip
 
     def sample(self) -> None:
@@ -204,7 +210,7 @@ class DemoPage:
         self.focus()
         return self.driver.page_source
 
-    def wait_status(self, prefix: str, timeout: float = 60.0) -> str:
+    def wait_status(self, prefix: str, timeout: float = HANG_S) -> str:
         """Poll until the status, changed since Sample was pressed, starts with `prefix`;
         each new status (and `<progression image>` once it shows) goes to `seen`."""
 

@@ -15,6 +15,7 @@ from difftune.demo.job import compose_sample, run_job
 from difftune.demo.request import GUIDANCES, SCHEDULERS, SCHEDULES, PageRequest, command
 from difftune.errors import DifftuneError
 from difftune.pictures.images import enlarged
+from difftune.pictures.plots import pyplot
 
 TITLE = "difftune: guided sampling"
 DISPLAY_WIDTH = 320  # pixels the page shows a grid at, at least
@@ -102,6 +103,10 @@ def build_demo(cfg: DictConfig, config_dir: Path) -> gr.Blocks:
 
 def serve(cfg: DictConfig, config_dir: Path) -> None:
     """Serve the page on `cfg.host:cfg.port` until interrupted (`check_demo_config` first)."""
+    # Gradio's request threads switch matplotlib's backend (importing pyplot) while a sampling
+    # thread imports pyplot for the progression picture: two threads importing it at once, one
+    # meets it half-initialised and its request never ends. Imported here, before any request.
+    pyplot()
     page = build_demo(cfg, config_dir)
     page.queue(default_concurrency_limit=1)  # one sampling at a time; other tabs wait their turn
     page.launch(server_name=cfg.host, server_port=cfg.port, share=False, show_error=False,
