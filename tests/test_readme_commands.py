@@ -113,6 +113,7 @@ def test_every_offline_readme_command_runs_shortened(command, tmp_path):
     with open_dict(cfg):
         if cfg.get("callbacks") and cfg.callbacks.get("kid"):
             cfg.callbacks.kid.update(num_samples=8, num_inference_steps=2)
+            cfg.callbacks.kid.cache_dir = str(tmp_path / "kid_cache")  # not the checkout's
     metrics = train(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "pipeline" / "model_index.json").is_file()

@@ -131,7 +131,9 @@ def test_resume_true_finds_the_run_after_its_index_was_lost(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="difftune.run.resume"):
         assert checkpoint_to_resume(again) == str(tmp_path / "first" / "checkpoints" / "last.ckpt")
     assert "rebuilt from the run dirs beside it (1 of this configuration)" in caplog.text
-    assert json.loads(index.read_text())["runs"][0] == str(tmp_path / "first")
+    train(again)  # indexed once built to fit: the rebuilt list and this run
+    runs = json.loads(index.read_text())["runs"]
+    assert sorted(runs) == [str(tmp_path / "again"), str(tmp_path / "first")]
 
 
 def lrs(run_dir: Path) -> set[float]:
@@ -286,3 +288,17 @@ def test_an_ema_run_resumed_from_its_checkpoint_exports_the_uninterrupted_averag
     assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
     first = unet_weights(tmp_path / "first")
     assert max((first[k] - expected[k]).abs().max().item() for k in expected) > 1e-4
+
+
+def test_a_run_refused_before_it_fits_is_not_indexed(tmp_path):
+    """A value a library refuses (Lightning's Timer here) stops the run before it fits: a later
+    `resume=true` has nothing to find there, so the index does not list it."""
+    index = tmp_path / "index"
+    cfg = quick(tmp_path / "refused", f"resume_dir={index}", "trainer.max_time=abc")
+    with pytest.raises(Exception, match="not a valid duration"):
+        train(cfg)
+    assert not list(index.glob("*.json"))
+    train(quick(tmp_path / "fits", f"resume_dir={index}"))
+    assert json.loads((index / f"{run_key(cfg)}.json").read_text()) == {
+        "runs": [str(tmp_path / "fits")]
+    }

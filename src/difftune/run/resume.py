@@ -1,11 +1,12 @@
 """`resume=true`: find this experiment's newest checkpoint, whichever run directory holds it.
 
 Runs of the same configuration (everything except where it writes, how long it runs and whether
-it resumes) share a key; each run adds its directory to `<resume_dir>/<key>.json` at the start,
-and `resume=true` takes, among those directories (and its own run dir), the one that wrote a
-checkpoint last, and in it the checkpoint with the most steps. Finding none is an error, never a
-silent fresh start. An index is a cache: one that cannot be read is reported, rebuilt from the
-run dirs beside it (their `.hydra/config.yaml`) and rewritten, never fatal.
+it resumes) share a key; each run adds its directory to `<resume_dir>/<key>.json` once it is
+built to fit (one refused before is not added), and `resume=true` takes, among those directories
+(and its own run dir), the one that wrote a checkpoint last, and in it the checkpoint with the
+most steps. Finding none is an error, never a silent fresh start. An index is a cache: one that
+cannot be read is reported, rebuilt from the run dirs beside it (their `.hydra/config.yaml`) and
+rewritten, never fatal.
 """
 
 from __future__ import annotations
@@ -150,8 +151,7 @@ def own_checkpoint(cfg: DictConfig) -> Path | None:
 def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     """The checkpoint this run starts from: `ckpt_path`, or with `resume=true` the newest of this
     configuration's runs (in a `-m` sweep: of the job's own dir, where a job that never ran
-    starts fresh, so one command finishes an interrupted sweep). Indexes this run (rank 0), so
-    that a later `resume=true` finds it."""
+    starts fresh, so one command finishes an interrupted sweep)."""
     ckpt_path = cfg.get("ckpt_path")
     if cfg.get("resume") and _in_multirun():
         found = own_checkpoint(cfg)
@@ -163,11 +163,16 @@ def checkpoint_to_resume(cfg: DictConfig) -> str | None:
     elif cfg.get("resume"):
         ckpt_path = str(latest_checkpoint(cfg))
         log.info("resume=true: resuming from %s", ckpt_path)
+    return ckpt_path
+
+
+def index_this_run(cfg: DictConfig) -> None:
+    """Rank 0, once everything is built for the fit: add the run to its configuration's index,
+    so that a later `resume=true` finds it (a run refused before it could start is not added)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only  # here: `--help` needs none
 
     if rank_zero_only.rank == 0:
         register_run(cfg)
-    return ckpt_path
 
 
 def finished_metrics(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float] | None:

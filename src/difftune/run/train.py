@@ -21,7 +21,7 @@ from difftune.hub.checkpoints import check_checkpoint_matches
 from difftune.run.checks import check_train_config
 from difftune.run.loggers import finished_runs, log_config
 from difftune.run.notebook import as_python_call
-from difftune.run.resume import checkpoint_to_resume, finished_metrics
+from difftune.run.resume import checkpoint_to_resume, finished_metrics, index_this_run
 from difftune.run.run_dir import claim_run_dir
 
 
@@ -39,6 +39,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             datamodule, module, trainer = build(cfg)
             if ckpt_path:
                 check_checkpoint_matches(ckpt_path, module)
+            index_this_run(cfg)
             with finished_runs(trainer):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         return final_metrics(trainer)
