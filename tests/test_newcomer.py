@@ -97,6 +97,40 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
     assert result.returncode == 0 and result.stdout.split() == [], result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    "script, override, message",
+    [
+        ("train.py", "model.optimizer.lr=-1", "model.optimizer.lr=-1 must be a number > 0"),
+        ("train.py", "trainer.max_steps=abc", "trainer.max_steps='abc' must be an integer >= 1"),
+        ("train.py", "data.batch_size=0", "data.batch_size=0 must be an integer >= 1"),
+        ("train.py", "data.image_size=33", "data.image_size=33 cannot go through this UNet"),
+        ("train.py", "model.snr_gamma=-1", "model.snr_gamma=-1 must be > 0"),
+        ("train.py", "model.attention=flash", "model.attention='flash': expected one of sdpa"),
+        ("train.py", "model.pretrained=/no/dir", "model.pretrained='/no/dir': no such directory"),
+        ("train.py", "data=imagefolder", "data.data_dir=None: data=imagefolder needs the folder"),
+        ("sample.py", "num_images=0", "num_images=0 must be an integer >= 1"),
+        ("sample.py", "image_size=33", "image_size=33 cannot go through this UNet"),
+        ("sample.py", "pretrained=/no/dir", "pretrained='/no/dir': no such directory"),
+        ("sample.py", "precision=fp8", "precision=fp8: expected one of 32, bf16"),
+    ],
+)
+def test_a_bad_value_is_one_line_before_the_heavy_libraries_load(script, override, message):
+    """A typo answers in about a second: torch, diffusers and Lightning take seconds to import."""
+    code = (
+        f"import runpy, sys; sys.argv = [{script!r}, {override!r}]\n"
+        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+        "except SystemExit as stop:\n    print('EXIT', stop.code)\n"
+        "print('LOADED', ' '.join(m for m in ('diffusers', 'lightning', 'torch') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
+    assert result.stdout.splitlines()[-2:] == ["EXIT 2", "LOADED "], result.stdout  # none
+
+
 def test_train_py_help_does_not_load_the_training_stack():
     code = (
         "import runpy, sys; sys.argv = ['train.py', '--help']\n"

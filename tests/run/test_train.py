@@ -97,7 +97,7 @@ def test_bad_input_is_rejected_before_any_model_is_loaded(override, message, tmp
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded before the config was checked")
 
-    monkeypatch.setattr(pipeline_io.UNet2DModel, "from_pretrained", forbidden)
+    monkeypatch.setattr(UNet2DModel, "from_pretrained", forbidden)
     with pytest.raises(DifftuneError, match=message.replace("(", r"\(")):
         train(compose_train(override, output_dir=tmp_path))
 

@@ -267,6 +267,7 @@ def test_a_pipeline_with_damaged_weights_says_so_whole(tiny_pipeline_dir):
 def test_a_literal_interpolation_in_a_path_is_one_line(tmp_path, capsys):
     """An escaped `\\${` passes Hydra's command line; its instantiate resolved it again and
     raised InterpolationKeyError with a traceback."""
+    (tmp_path / "d${a}").mkdir()  # there: the path is fine, only its `${` cannot be passed
     cfg = compose_train("data=imagefolder", f"data.data_dir={tmp_path}/d\\${{a}}",
                         output_dir=tmp_path / "run")  # fmt: skip
     assert one_line_exit_2(train, cfg, capsys) == (

@@ -1,13 +1,18 @@
 """The attention kernel of a `UNet2DModel`'s self-attention blocks, and TF32 matmuls."""
 
-import torch
-from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from difftune.errors import DifftuneError
 
+if TYPE_CHECKING:
+    import torch
+
 # sdpa: torch's scaled_dot_product_attention (flash / memory-efficient kernels where they apply);
-# classic: diffusers' explicit softmax(QKᵀ/√d)V, the reference the others are compared with
-ATTENTION = {"sdpa": AttnProcessor2_0, "classic": AttnProcessor}
+# classic: diffusers' explicit softmax(QKᵀ/√d)V, the reference the others are compared with.
+# Names only: the config checks import neither torch nor diffusers
+ATTENTION = ("sdpa", "classic")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # high: TF32 float32 matmuls on Ampere and later
 
 
@@ -22,7 +27,10 @@ def check_attention(attention: object) -> str:
 
 def set_attention(unet: torch.nn.Module, attention: str) -> None:
     """Give every attention block of `unet` the named processor (weights untouched)."""
-    processor = ATTENTION[check_attention(attention)]()
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+    processors = {"sdpa": AttnProcessor2_0, "classic": AttnProcessor}
+    processor = processors[check_attention(attention)]()
     for module in unet.modules():
         if isinstance(module, Attention):
             module.set_processor(processor)

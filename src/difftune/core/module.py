@@ -19,8 +19,8 @@ from difftune.core.conditioning import (
     drop_labels,
     null_label,
 )
+from difftune.core.options import check_module_options
 from difftune.core.prediction import check_prediction_type, min_snr_weights, training_target
-from difftune.errors import DifftuneError, is_number
 
 BATCHES_SEEN = "difftune_batches_seen"  # checkpoint key of the batch counter that seeds the noise
 
@@ -48,26 +48,6 @@ def warn_eager(error: Exception) -> None:
         "training runs eager",
         stacklevel=3,
     )
-
-
-def check_module_options(
-    snr_gamma: float | None = None,
-    noise_offset: float = 0.0,
-    class_embedding_lr: float | None = None,
-    **levers: bool,
-) -> None:
-    """The numbers and switches of `model.*` that need no UNet: checked by the module, and by
-    the preflight of every job of a command line before any starts."""
-    if class_embedding_lr is not None and not (is_number(class_embedding_lr) and
-                                               class_embedding_lr > 0):  # fmt: skip
-        raise DifftuneError(f"model.class_embedding_lr={class_embedding_lr} must be > 0 or null")
-    if snr_gamma is not None and not (is_number(snr_gamma) and snr_gamma > 0):
-        raise DifftuneError(f"model.snr_gamma={snr_gamma} must be > 0 (5 is usual) or null")
-    if not (is_number(noise_offset) and noise_offset >= 0):
-        raise DifftuneError(f"model.noise_offset={noise_offset} must be >= 0 (0.05-0.1 usual)")
-    for key, value in levers.items():
-        if not isinstance(value, bool):
-            raise DifftuneError(f"model.{key}={value} must be true or false")
 
 
 class DiffusionFineTuner(LightningModule):

@@ -22,16 +22,15 @@ from difftune.data.labels import (
     folder_labels,
     stream_class_names,
 )
+from difftune.data.options import check_data_options
 from difftune.data.resumable import EpochShuffle, ResumableDataLoader, SeededAugmentation
 from difftune.data.sources import IMAGE_EXTENSIONS, list_image_files, load_hf_records
 from difftune.data.split import VAL_CAP, split_indices
 from difftune.data.streaming import StreamedImages, stream_split
 from difftune.data.synthetic import SyntheticStyleDataset, check_styles
-from difftune.errors import DifftuneError, require_int
+from difftune.errors import DifftuneError
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("synthetic", "hf", "imagefolder")
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -65,38 +64,17 @@ class ImageDataModule(pl.LightningDataModule):
         label_column: str | None = None,
     ) -> None:
         super().__init__()
-        if source not in SOURCES:
-            raise DifftuneError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
-        require_int("data.batch_size", batch_size, 1)
-        require_int("data.num_workers", num_workers, 0)
-        require_int("data.val_size", val_size, 0, allow_none=True)
-        require_int("data.num_images", num_images, 1)
-        require_int("data.seed", seed, 0)
-        require_int("data.max_images", max_images, 1, allow_none=True)
-        require_int("data.shuffle_buffer", shuffle_buffer, 1)
-        require_int("data.prefetch_factor", prefetch_factor, 1, allow_none=True)
-        if streaming and source != "hf":
-            raise DifftuneError(
-                f"data.streaming=true with data.source={source!r}: only hub datasets (data=hf, "
-                "vintage_faces, wikiart) stream; a folder is on disk already"
-            )
+        check_data_options(
+            {"source": source, "dataset_name": dataset_name, "data_dir": data_dir,
+             "batch_size": batch_size, "num_workers": num_workers, "val_size": val_size,
+             "num_images": num_images, "seed": seed, "max_images": max_images,
+             "shuffle_buffer": shuffle_buffer, "prefetch_factor": prefetch_factor,
+             "streaming": streaming}
+        )  # fmt: skip
         styles = check_styles(style)
         # a plain list in the hparams: a checkpoint holding a ListConfig fails weights_only loads
         style = style if isinstance(style, str) else list(styles)
         check_label_column(source, label_column)
-        if source == "hf" and not dataset_name:
-            raise DifftuneError(
-                f"data.dataset_name={dataset_name!r}: data.source=hf needs a dataset, e.g. "
-                "data.dataset_name=Norod78/Vintage-Faces-FFHQAligned or a local dataset dir"
-            )
-        if source == "imagefolder":
-            if not data_dir:
-                raise DifftuneError(
-                    f"data.data_dir={data_dir!r}: data=imagefolder needs the folder of images, "
-                    "e.g. data.data_dir=/path/to/images"
-                )
-            if not Path(data_dir).expanduser().is_dir():
-                raise DifftuneError(f"data.data_dir={data_dir!r} is not an existing directory")
         self.save_hyperparameters(logger=False)
         self.source, self.dataset_name, self.split = source, dataset_name, split
         self.subset, self.revision = subset, revision

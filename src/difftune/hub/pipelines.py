@@ -1,15 +1,20 @@
-"""Loading pretrained DDPM pipelines (hub id, local dir, training run dir) and exporting them."""
+"""Loading pretrained DDPM pipelines (hub id, local dir, training run dir) and exporting them;
+diffusers is imported by what loads or saves weights, not by the config checks (seconds)."""
 
+from __future__ import annotations
+
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
-
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from typing import TYPE_CHECKING, Any
 
 from difftune.errors import DifftuneError
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 ASSETS_DIR = Path(__file__).parent.parent / "assets"
 EMBEDDED = {"difftune/tiny_base": ASSETS_DIR / "tiny_base"}
@@ -58,18 +63,33 @@ def _load(fn: Any, pretrained: str, what: str, key: str, **kwargs: Any) -> Any:
         ) from err
 
 
+def _unet_config(path: str, subfolder: str) -> dict[str, Any]:
+    """`<subfolder>/config.json`: a local pipeline's read as JSON (what diffusers' `load_config`
+    returns there, without importing diffusers), a hub id's through diffusers."""
+    local = Path(path).expanduser() / subfolder / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    from diffusers import UNet2DModel
+
+    return dict(UNet2DModel.load_config(path, subfolder=subfolder))
+
+
 def load_unet_config(pretrained: str, key: str = "model.pretrained") -> dict[str, Any]:
     """Read only `unet/config.json` (no weights), e.g. to validate `data.image_size` early."""
-    return dict(_load(UNet2DModel.load_config, pretrained, "UNet config", key, subfolder="unet"))
+    return _load(_unet_config, pretrained, "UNet config", key, subfolder="unet")
 
 
 def load_unet(pretrained: str, key: str = "model.pretrained") -> UNet2DModel:
     """The pipeline's UNet2DModel, from safetensors when the repo has them."""
+    from diffusers import UNet2DModel
+
     return _load(UNet2DModel.from_pretrained, pretrained, "UNet", key, subfolder="unet")
 
 
 def load_noise_scheduler(pretrained: str, key: str = "model.pretrained") -> DDPMScheduler:
     """The pipeline's training noise schedule (betas, prediction_type) as a DDPMScheduler."""
+    from diffusers import DDPMScheduler
+
     config = _load(
         DDPMScheduler.load_config, pretrained, "scheduler config", key, subfolder="scheduler"
     )
@@ -89,6 +109,8 @@ def export_pipeline(unet: UNet2DModel, scheduler: SchedulerMixin, out_dir: str |
     removed. A failed or interrupted export leaves `out_dir` as it was; the next export removes
     whatever an interrupted one left behind.
     """
+    from diffusers import DDPMPipeline, DDPMScheduler
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out_dir)

@@ -1,20 +1,23 @@
-"""Reject bad training configs in one line each, before any model or dataset is loaded."""
+"""Reject bad training configs in one line each, before any model or dataset is loaded: first the
+values that need no library (a typo answers in about a second: torch, diffusers and Lightning
+take seconds to import), then what needs them (the optimizer, the UNet's config, the callbacks)."""
 
 import math
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from difftune.core.attention import check_attention, check_matmul_precision
-from difftune.core.conditioning import check_conditioning
+from difftune.core.options import check_module_options
+from difftune.data.options import check_data_options
 from difftune.errors import DifftuneError, is_int_at_least
 from difftune.hub.pipelines import load_unet_config, unet_downsample_factor
-from difftune.run.preflight import check_hardware
+from difftune.run import preflight
 from difftune.run.trainer_keys import check_trainer_keys
+
+SEED_MAX = 2**32 - 1  # numpy's seeds, and so Lightning's `seed_everything`
 
 
 def _require(ok: bool, message: str) -> None:
@@ -24,10 +27,9 @@ def _require(ok: bool, message: str) -> None:
 
 def check_seed(seed: Any, key: str = "seed") -> None:
     """A seed is an integer that numpy (and so Lightning's `seed_everything`) accepts."""
-    limit = np.iinfo(np.uint32).max
     _require(
-        is_int_at_least(seed, 0) and seed <= limit,
-        f"{key}={seed} must be an integer in 0..{limit}",
+        is_int_at_least(seed, 0) and seed <= SEED_MAX,
+        f"{key}={seed} must be an integer in 0..{SEED_MAX}",
     )
 
 
@@ -35,7 +37,7 @@ def check_device(device: Any, key: str = "device") -> None:
     """`auto`, `cpu`, or `cuda` on a machine that has a CUDA GPU."""
     _require(device in ("auto", "cpu", "cuda"), f"{key}={device} is not one of auto, cpu, cuda")
     _require(
-        device != "cuda" or torch.cuda.is_available(),
+        device != "cuda" or preflight.cuda_available(),
         f"{key}={device} but no CUDA GPU is visible; use {key}=cpu (or {key}=auto)",
     )
 
@@ -67,6 +69,7 @@ def check_image_size(
 def check_optimizer(optimizer_cfg: DictConfig) -> None:
     """Build the optimizer once on a stand-in parameter, so torch checks its arguments now."""
     import hydra
+    import torch
 
     stand_in = [torch.nn.Parameter(torch.zeros(1))]
     hydra.utils.instantiate(optimizer_cfg, params=stand_in, _partial_=False)
@@ -74,13 +77,13 @@ def check_optimizer(optimizer_cfg: DictConfig) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Cheap checks of the composed config; the UNet is looked at through its config.json only."""
-    from difftune.core.module import check_module_options  # here: sample.py's checks need
-    from difftune.run.loggers import check_loggers  # no Lightning
-    from difftune.run.objective import check_objective
+    check_train_parts(cfg, check_train_values(cfg))
 
-    check_hardware(cfg)
-    check_loggers(cfg)
-    check_objective(cfg)
+
+def check_train_values(cfg: DictConfig) -> dict[str, Any]:
+    """The values that need no library imported (a typo is one line within about a second), and
+    the image size against the UNet's config, which it returns (a hub id's: through diffusers)."""
+    preflight.check_hardware(cfg)
     check_seed(cfg.get("seed"))
     check_matmul_precision(cfg.get("matmul_precision"))
     check_attention(cfg.model.get("attention", "sdpa"))
@@ -120,16 +123,30 @@ def check_train_config(cfg: DictConfig) -> None:
         warnings.warn(
             f"trainer.precision={precision} on CPU is ~25x slower than 32-true; "
             "use hardware=cpu (32-true) unless you are measuring it",
-            stacklevel=2,
+            stacklevel=3,
         )
-    check_optimizer(cfg.model.optimizer)
     model = cfg.model
     check_module_options(
         model.get("snr_gamma"), model.get("noise_offset", 0.0), model.get("class_embedding_lr"),
         **{k: model.get(k, False) for k in ("gradient_checkpointing", "channels_last", "compile")},
     )  # fmt: skip
+    if str(cfg.data.get("_target_", "")).endswith("ImageDataModule"):
+        check_data_options(cfg.data)
     unet_config = unet_config_of(cfg.model)
     check_image_size(cfg.data.get("image_size"), unet_config)
+    return unet_config
+
+
+def check_train_parts(cfg: DictConfig, unet_config: dict[str, Any]) -> None:
+    """What needs torch, diffusers or Lightning: the loggers, the objective among the callbacks'
+    metrics, the optimizer's arguments, the UNet's classes against the data's labels."""
+    from difftune.core.conditioning import check_conditioning  # here: the values above need
+    from difftune.run.loggers import check_loggers  # none of these (seconds to import)
+    from difftune.run.objective import check_objective
+
+    check_loggers(cfg)
+    check_objective(cfg)
+    check_optimizer(cfg.model.optimizer)
     labelled = [] if cfg.data.get("label_column") else None  # the names come with the data
     check_conditioning(
         unet_config, cfg.model.get("conditioning"), labelled, cfg.model.get("p_uncond", 0.1)

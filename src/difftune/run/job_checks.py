@@ -57,7 +57,7 @@ FAILED_RUN_LEFT = (".hydra", "sample.log")  # what a sample.py run that failed l
 
 def check_sample_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
     """A new (or empty) dir: `sample.py` writes `grid.png`, `images/` and `.hydra/` there."""
-    from difftune.run.sample_images import check_sample_config  # here: as above
+    from difftune.run.sample_checks import check_sample_config, sampled_unet_config
 
     check_writable(key, job_dir, job_dir)
     entries = sorted(p.name for p in job_dir.iterdir()) if job_dir.is_dir() else []
@@ -70,6 +70,8 @@ def check_sample_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
         )
     _in_job_dir(cfg, job_dir)
     check_sample_config(cfg)
+    if cfg.get("plot") is None:  # plot=schedules reads the scheduler alone
+        sampled_unet_config(cfg)
 
 
 JOB_CHECKS: dict[str, Callable[[DictConfig, Path, str], None]] = {

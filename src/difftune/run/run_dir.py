@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from difftune.errors import DifftuneError
@@ -32,6 +30,9 @@ NO_FLOCK = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # e.g. 
 @contextmanager
 def claim_run_dir(cfg: DictConfig) -> Iterator[None]:
     """Check where the run writes, then hold its run dir until the block ends (rank 0 only)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only  # here: the job checks
+    # (before Hydra starts) need no Lightning, which takes a second or more to import
+
     if rank_zero_only.rank != 0:
         yield
         return
@@ -158,4 +159,6 @@ def _continues(cfg: DictConfig, run_dir: Path) -> bool:
     ckpt = cfg.get("ckpt_path")
     if ckpt and Path(ckpt).resolve().is_relative_to(run_dir.resolve()):
         return True
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
     return SLURMEnvironment.detect() and any(run_dir.glob("hpc_ckpt_*.ckpt"))

@@ -16,18 +16,15 @@ from tqdm.auto import tqdm
 
 from difftune.core.conditioning import class_label_id, class_names_of
 from difftune.core.sampling import sample, set_timesteps
-from difftune.errors import DifftuneError, require_int
+from difftune.errors import DifftuneError
 from difftune.guidance.guide import Guidance
-from difftune.hub.pipelines import load_noise_scheduler, load_unet, load_unet_config
+from difftune.hub.pipelines import load_noise_scheduler, load_unet
 from difftune.pictures.images import save_grid, save_panels, to_pil_list
 from difftune.pictures.plots import plot_progression, plot_schedules
-from difftune.run.checks import check_device, check_image_size, check_seed
+from difftune.run.sample_checks import check_sample_config, sampled_unet_config
 from difftune.seeds import mix_seed
 
 log = logging.getLogger(__name__)
-
-PLOTS = ("schedules",)
-PRECISIONS = ("32", "bf16")
 
 
 def scaled(guidance: Guidance | None, fraction: float) -> Guidance | None:
@@ -50,21 +47,6 @@ def make_scheduler(cfg: DictConfig) -> Any:
     scheduler = hydra.utils.instantiate(cfg.scheduler)(noise_schedule)
     set_timesteps(scheduler, cfg.num_inference_steps)
     return scheduler
-
-
-def check_sample_config(cfg: DictConfig) -> None:
-    """The keys only `sample.py` has; the scheduler and the guidance check their own."""
-    for key in ("num_images", "batch_size", "progression_every"):
-        require_int(key, cfg.get(key), 1)
-    if cfg.get("plot") not in (None, *PLOTS):
-        raise DifftuneError(f"plot={cfg.plot!r} is not one of {', '.join(PLOTS)} (or null)")
-    check_device(cfg.device)
-    check_seed(cfg.get("seed"))
-    precision = str(cfg.get("precision", "32"))
-    if precision not in PRECISIONS:
-        raise DifftuneError(f"precision={precision}: expected one of {', '.join(PRECISIONS)}")
-    if not isinstance(cfg.get("compile", False), bool):
-        raise DifftuneError(f"compile={cfg.compile}: expected true or false")
 
 
 def speed_settings(cfg: DictConfig, unet: torch.nn.Module, device: str) -> tuple[Any, Any]:
@@ -124,9 +106,7 @@ def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None
         path = plot_schedules(alphas_cumprod, out / "schedules.png")
         log.info("wrote %s", path)
         return path
-    unet_config = load_unet_config(cfg.pretrained, key="pretrained")
-    size = cfg.image_size or unet_config["sample_size"]
-    check_image_size(size, unet_config, key="image_size")
+    unet_config, size = sampled_unet_config(cfg)
     rows = class_rows(cfg, unet_config)
     cfg_scale = None if cfg.get("cfg_scale") is None else float(cfg.cfg_scale)
     scheduler = make_scheduler(cfg)

@@ -1,0 +1,45 @@
+"""The values of `data.*` that are checked without any data, torch or Lightning: the first checks
+of `ImageDataModule`, and of the preflight of every job of a command line."""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from difftune.errors import DifftuneError, require_int
+
+SOURCES = ("synthetic", "hf", "imagefolder")
+INTEGERS = {  # key: (minimum, null allowed)
+    "batch_size": (1, False), "num_workers": (0, False), "val_size": (0, True),
+    "num_images": (1, False), "seed": (0, False), "max_images": (1, True),
+    "shuffle_buffer": (1, False), "prefetch_factor": (1, True),
+}  # fmt: skip
+
+
+def check_data_options(options: Mapping[str, Any]) -> None:
+    """One line for the first bad value among `options` (the keys given; `source` with the keys
+    it needs when it is given)."""
+    source = options.get("source")
+    if "source" in options and source not in SOURCES:
+        raise DifftuneError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
+    for key, (minimum, nullable) in INTEGERS.items():
+        if key in options:
+            require_int(f"data.{key}", options[key], minimum, allow_none=nullable)
+    if options.get("streaming") and source != "hf":
+        raise DifftuneError(
+            f"data.streaming=true with data.source={source!r}: only hub datasets (data=hf, "
+            "vintage_faces, wikiart) stream; a folder is on disk already"
+        )
+    dataset_name, data_dir = options.get("dataset_name"), options.get("data_dir")
+    if source == "hf" and not dataset_name:
+        raise DifftuneError(
+            f"data.dataset_name={dataset_name!r}: data.source=hf needs a dataset, e.g. "
+            "data.dataset_name=Norod78/Vintage-Faces-FFHQAligned or a local dataset dir"
+        )
+    if source == "imagefolder":
+        if not data_dir:
+            raise DifftuneError(
+                f"data.data_dir={data_dir!r}: data=imagefolder needs the folder of images, "
+                "e.g. data.data_dir=/path/to/images"
+            )
+        if not Path(data_dir).expanduser().is_dir():
+            raise DifftuneError(f"data.data_dir={data_dir!r} is not an existing directory")

@@ -1,0 +1,37 @@
+"""The values of a `sample.py` config that need no torch or diffusers: checked by the preflight
+of every job of a command line (a typo answers in about a second), and by `sample_images`."""
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from difftune.errors import DifftuneError, require_int
+from difftune.hub.pipelines import load_unet_config
+from difftune.run.checks import check_device, check_image_size, check_seed
+
+PLOTS = ("schedules",)
+PRECISIONS = ("32", "bf16")
+
+
+def check_sample_config(cfg: DictConfig) -> None:
+    """The keys only `sample.py` has; the scheduler and the guidance check their own."""
+    for key in ("num_images", "batch_size", "progression_every"):
+        require_int(key, cfg.get(key), 1)
+    if cfg.get("plot") not in (None, *PLOTS):
+        raise DifftuneError(f"plot={cfg.plot!r} is not one of {', '.join(PLOTS)} (or null)")
+    check_device(cfg.device)
+    check_seed(cfg.get("seed"))
+    precision = str(cfg.get("precision", "32"))
+    if precision not in PRECISIONS:
+        raise DifftuneError(f"precision={precision}: expected one of {', '.join(PRECISIONS)}")
+    if not isinstance(cfg.get("compile", False), bool):
+        raise DifftuneError(f"compile={cfg.compile}: expected true or false")
+
+
+def sampled_unet_config(cfg: DictConfig) -> tuple[dict[str, Any], int]:
+    """`pretrained`'s UNet config (`unet/config.json` alone, no weights) and the image size to
+    sample (`image_size`, else the UNet's), checked against it."""
+    unet_config = load_unet_config(cfg.pretrained, key="pretrained")
+    size = cfg.image_size or unet_config["sample_size"]
+    check_image_size(size, unet_config, key="image_size")
+    return unet_config, size
