@@ -4,12 +4,13 @@ guidance (Ho & Salimans 2022); a conditional UNet keeps its names in `config["_c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
-from diffusers import UNet2DModel
+from typing import TYPE_CHECKING, Any
 
 from difftune.errors import DifftuneError
+
+if TYPE_CHECKING:  # the checks (`check_conditioning` on a config) import neither
+    import torch
+    from diffusers import UNet2DModel
 
 NAMES_KEY = "_class_names"  # diffusers keeps `_` keys through save/load without a warning
 NEEDS_LABELS = (
@@ -70,6 +71,9 @@ def add_class_embedding(unet: UNet2DModel, class_names: Sequence[str]) -> UNet2D
 
     A UNet that is conditional already is returned as it is when its classes are these.
     """
+    import torch
+    from diffusers import UNet2DModel
+
     names = [str(name) for name in class_names]
     if not names:
         raise DifftuneError("model.conditioning=class: the data has no classes")
@@ -125,6 +129,8 @@ def drop_labels(
     labels: torch.Tensor, p_uncond: float, null_id: int, generator: torch.Generator
 ) -> torch.Tensor:
     """Each label replaced by the null label with probability `p_uncond` (CFG training)."""
+    import torch
+
     if p_uncond <= 0:
         return labels
     draw = torch.rand(labels.shape, generator=generator, device=labels.device)

@@ -17,17 +17,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from difftune.data.decode import DecodedImageDataset, ImageSource, decode_image, make_collate
 from difftune.data.labels import (
     Labelled,
-    check_label_column,
     column_labels,
     folder_labels,
     stream_class_names,
 )
-from difftune.data.options import check_data_options
+from difftune.data.options import check_data_options, style_tuple
 from difftune.data.resumable import EpochShuffle, ResumableDataLoader, SeededAugmentation
 from difftune.data.sources import IMAGE_EXTENSIONS, list_image_files, load_hf_records
 from difftune.data.split import VAL_CAP, split_indices
 from difftune.data.streaming import StreamedImages, stream_split
-from difftune.data.synthetic import SyntheticStyleDataset, check_styles
+from difftune.data.synthetic import SyntheticStyleDataset
 from difftune.errors import DifftuneError
 
 log = logging.getLogger(__name__)
@@ -69,12 +68,11 @@ class ImageDataModule(pl.LightningDataModule):
              "batch_size": batch_size, "num_workers": num_workers, "val_size": val_size,
              "num_images": num_images, "seed": seed, "max_images": max_images,
              "shuffle_buffer": shuffle_buffer, "prefetch_factor": prefetch_factor,
-             "streaming": streaming}
+             "streaming": streaming, "style": style, "label_column": label_column}
         )  # fmt: skip
-        styles = check_styles(style)
+        styles = style_tuple(style)
         # a plain list in the hparams: a checkpoint holding a ListConfig fails weights_only loads
         style = style if isinstance(style, str) else list(styles)
-        check_label_column(source, label_column)
         self.save_hyperparameters(logger=False)
         self.source, self.dataset_name, self.split = source, dataset_name, split
         self.subset, self.revision = subset, revision

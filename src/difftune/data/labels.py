@@ -14,19 +14,6 @@ from torch.utils.data import Dataset
 
 from difftune.errors import DifftuneError
 
-#: the `data.label_column` each source accepts (hf: any column of the dataset)
-LABEL_COLUMNS = {"synthetic": "style", "imagefolder": "label"}
-
-
-def check_label_column(source: str, label_column: str | None) -> None:
-    """One line unless `label_column` is None, the source's own (style, label) or any for hf."""
-    valid = LABEL_COLUMNS.get(source)
-    if label_column is not None and valid and label_column != valid:
-        raise DifftuneError(
-            f"data.label_column={label_column!r} is not one of {valid} "
-            f"(data.source={source} labels each image by its {valid})"
-        )
-
 
 class Labelled(Dataset):
     """`dataset[i]` with its class id: `(item, labels[i])` (picklable: works with workers)."""

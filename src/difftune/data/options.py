@@ -1,13 +1,14 @@
 """The values of `data.*` that are checked without any data, torch or Lightning: the first checks
 of `ImageDataModule`, and of the preflight of every job of a command line."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from difftune.errors import DifftuneError, require_int
 
 SOURCES = ("synthetic", "hf", "imagefolder")
+STYLES = ("photo", "vintage", "cyanotype")  # the synthetic scenes' looks (synthetic.py renders)
 INTEGERS = {  # key: (minimum, null allowed)
     "batch_size": (1, False), "num_workers": (0, False), "val_size": (0, True),
     "num_images": (1, False), "seed": (0, False), "max_images": (1, True),
@@ -24,6 +25,10 @@ def check_data_options(options: Mapping[str, Any]) -> None:
     for key, (minimum, nullable) in INTEGERS.items():
         if key in options:
             require_int(f"data.{key}", options[key], minimum, allow_none=nullable)
+    if "style" in options:
+        check_styles(options["style"])
+    if "source" in options:
+        check_label_column(source, options.get("label_column"))
     if options.get("streaming") and source != "hf":
         raise DifftuneError(
             f"data.streaming=true with data.source={source!r}: only hub datasets (data=hf, "
@@ -43,3 +48,32 @@ def check_data_options(options: Mapping[str, Any]) -> None:
             )
         if not Path(data_dir).expanduser().is_dir():
             raise DifftuneError(f"data.data_dir={data_dir!r} is not an existing directory")
+
+
+def style_tuple(style: str | Sequence[str]) -> tuple[str, ...]:
+    """`data.style` as a tuple of styles: one name, or a list of them (one class each)."""
+    return (style,) if isinstance(style, str) else tuple(style)
+
+
+def check_styles(style: str | Sequence[str]) -> tuple[str, ...]:
+    """`data.style` as a tuple of known styles, each once; one line naming them otherwise."""
+    styles = style_tuple(style)
+    if not styles or len(set(styles)) < len(styles) or not set(styles) <= set(STYLES):
+        raise DifftuneError(
+            f"data.style={style!r} is not one of {', '.join(STYLES)} (or a list of them, each once)"
+        )
+    return styles
+
+
+#: the `data.label_column` each source accepts (hf: any column of the dataset)
+LABEL_COLUMNS = {"synthetic": "style", "imagefolder": "label"}
+
+
+def check_label_column(source: str, label_column: str | None) -> None:
+    """One line unless `label_column` is None, the source's own (style, label) or any for hf."""
+    valid = LABEL_COLUMNS.get(source)
+    if label_column is not None and valid and label_column != valid:
+        raise DifftuneError(
+            f"data.label_column={label_column!r} is not one of {valid} "
+            f"(data.source={source} labels each image by its {valid})"
+        )

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from difftune.errors import DifftuneError
-
-STYLES = ("photo", "vintage", "cyanotype")
+from difftune.data.options import STYLES, style_tuple
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _SEPIA_DARK = np.array([0.20, 0.13, 0.07], dtype=np.float32)  # faded: blacks lifted to brown
@@ -103,21 +101,6 @@ def render(index: int, seed: int, size: int, style: str) -> np.ndarray:
     elif style == "cyanotype":
         img = apply_cyanotype(img, np.random.default_rng([seed, index, 2]))
     return img
-
-
-def style_tuple(style: str | Sequence[str]) -> tuple[str, ...]:
-    """`data.style` as a tuple of styles: one name, or a list of them (one class each)."""
-    return (style,) if isinstance(style, str) else tuple(style)
-
-
-def check_styles(style: str | Sequence[str]) -> tuple[str, ...]:
-    """`data.style` as a tuple of known styles, each once; one line naming them otherwise."""
-    styles = style_tuple(style)
-    if not styles or len(set(styles)) < len(styles) or not set(styles) <= set(STYLES):
-        raise DifftuneError(
-            f"data.style={style!r} is not one of {', '.join(STYLES)} (or a list of them, each once)"
-        )
-    return styles
 
 
 @dataclass

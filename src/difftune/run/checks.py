@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from difftune.core.attention import check_attention, check_matmul_precision
+from difftune.core.conditioning import check_conditioning
 from difftune.core.options import check_module_options
 from difftune.data.options import check_data_options
 from difftune.errors import DifftuneError, is_int_at_least
@@ -77,12 +78,13 @@ def check_optimizer(optimizer_cfg: DictConfig) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Cheap checks of the composed config; the UNet is looked at through its config.json only."""
-    check_train_parts(cfg, check_train_values(cfg))
+    check_train_values(cfg)
+    check_train_parts(cfg)
 
 
-def check_train_values(cfg: DictConfig) -> dict[str, Any]:
-    """The values that need no library imported (a typo is one line within about a second), and
-    the image size against the UNet's config, which it returns (a hub id's: through diffusers)."""
+def check_train_values(cfg: DictConfig) -> None:
+    """The values that need no library imported (a typo is one line within about a second), the
+    image size and the classes against the UNet's config."""
     preflight.check_hardware(cfg)
     check_seed(cfg.get("seed"))
     check_matmul_precision(cfg.get("matmul_precision"))
@@ -132,22 +134,20 @@ def check_train_values(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     if str(cfg.data.get("_target_", "")).endswith("ImageDataModule"):
         check_data_options(cfg.data)
-    unet_config = unet_config_of(cfg.model)
+    unet_config = unet_config_of(cfg.model)  # a hub id's through diffusers
     check_image_size(cfg.data.get("image_size"), unet_config)
-    return unet_config
-
-
-def check_train_parts(cfg: DictConfig, unet_config: dict[str, Any]) -> None:
-    """What needs torch, diffusers or Lightning: the loggers, the objective among the callbacks'
-    metrics, the optimizer's arguments, the UNet's classes against the data's labels."""
-    from difftune.core.conditioning import check_conditioning  # here: the values above need
-    from difftune.run.loggers import check_loggers  # none of these (seconds to import)
-    from difftune.run.objective import check_objective
-
-    check_loggers(cfg)
-    check_objective(cfg)
-    check_optimizer(cfg.model.optimizer)
     labelled = [] if cfg.data.get("label_column") else None  # the names come with the data
     check_conditioning(
         unet_config, cfg.model.get("conditioning"), labelled, cfg.model.get("p_uncond", 0.1)
     )
+
+
+def check_train_parts(cfg: DictConfig) -> None:
+    """What needs torch or Lightning: the optimizer's arguments (torch alone), the loggers, the
+    objective among the callbacks' metrics."""
+    check_optimizer(cfg.model.optimizer)
+    from difftune.run.loggers import check_loggers  # here: the values above need none of
+    from difftune.run.objective import check_objective  # these (seconds to import)
+
+    check_loggers(cfg)
+    check_objective(cfg)
