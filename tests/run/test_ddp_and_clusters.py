@@ -58,6 +58,29 @@ def test_ddp_cpu_two_processes_write_one_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_compiled_ddp_run_trains_as_the_eager_one(tmp_path):
+    """hardware=multi_gpu and slurm compile the UNet under DDP: on the CPU (dynamo and
+    AOTAutograd, eager kernels) each rank's steps go through the compiled forward, and the
+    weights and losses end as the eager DDP run's."""
+    env = {"PYTHONPATH": str(ROOT / "tests")}  # the ranks import helpers.compile
+    runs = {"eager": [], "compiled": ["model.compile=true",
+                                      "+callbacks.compile._target_=helpers.compile.WithoutCodegen"]}
+    for name, extra in runs.items():
+        result = run_cli("hardware=ddp_cpu", *SHRINK_CLI, "callbacks.sample_grid=null", *extra,
+                         f"hydra.run.dir={tmp_path / name}", env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):  # 4 training steps each, compiled (validation and sampling run eager)
+        calls = (tmp_path / "compiled" / f"compiled_calls_rank{rank}.txt").read_text()
+        assert int(calls) >= 4, (rank, calls)
+    expected, got = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert sorted(got) == [0, 1, 2, 3]
+    assert max(abs(got[s] - expected[s]) for s in got) <= 1e-5, (got, expected)
+    weights, compiled = unet_weights(tmp_path / "eager"), unet_weights(tmp_path / "compiled")
+    for key, value in weights.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
 def test_a_ddp_run_killed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(tmp_path):
     """Each rank picks its own share of the epoch up at the batch it had reached."""
     whole = run_train(tmp_path / "whole", *DDP_RESUME_RUN)
