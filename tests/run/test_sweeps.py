@@ -86,6 +86,7 @@ def test_optuna_sweep_minimises_the_objective_and_summarises(tmp_path):
     result = run_cli(
         "sweep=lr_optuna", "hydra.sweeper.n_trials=2", "callbacks.kid.num_samples=8",
         "callbacks.kid.num_inference_steps=2", *SHRINK_CLI, f"hydra.sweep.dir={tmp_path}",
+        f"callbacks.kid.cache_dir={tmp_path}/kid_cache",  # not the checkout's outputs/
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
