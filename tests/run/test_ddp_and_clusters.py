@@ -63,8 +63,13 @@ def test_a_compiled_ddp_run_trains_as_the_eager_one(tmp_path):
     AOTAutograd, eager kernels) each rank's steps go through the compiled forward, and the
     weights and losses end as the eager DDP run's."""
     env = {"PYTHONPATH": str(ROOT / "tests")}  # the ranks import helpers.compile
-    runs = {"eager": [], "compiled": ["model.compile=true",
-                                      "+callbacks.compile._target_=helpers.compile.WithoutCodegen"]}
+    runs = {
+        "eager": [],
+        "compiled": [
+            "model.compile=true",
+            "+callbacks.compile._target_=helpers.compile.WithoutCodegen",
+        ],
+    }
     for name, extra in runs.items():
         result = run_cli("hardware=ddp_cpu", *SHRINK_CLI, "callbacks.sample_grid=null", *extra,
                          f"hydra.run.dir={tmp_path / name}", env=env)  # fmt: skip
