@@ -16,7 +16,7 @@ from difftune.errors import DifftuneError
 from difftune.run.preflight import check_command_line
 from difftune.run.sample_images import sample_images
 from difftune.run.train import train
-from helpers.cli import one_line_exit_2
+from helpers.cli import one_line_exit_2, run_cli
 from helpers.compose import ROOT, compose_sample, compose_train
 
 
@@ -48,6 +48,10 @@ def no_model_load(*args, **kwargs):
         ("callbacks.nonfinite.max_consecutive=0", "callbacks.nonfinite.max_consecutive=0"),
         ("data.batch_size=0", "data.batch_size=0 must be an integer >= 1"),
         ("data.image_size=abc", "data.image_size=abc cannot go through this UNet"),
+        # Lightning takes these and trains wrong: a negative clip multiplies every gradient by a
+        # negative factor; half-precision weights round away updates of ~1e-5 of a weight
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 must be a number >= 0"),
+        ("trainer.precision=bf16-true", "trainer.precision=bf16-true: half-precision weights"),
     ],
 )  # fmt: skip
 def test_train_rejects_a_bad_value_in_one_line_before_the_unet_loads(
@@ -58,6 +62,27 @@ def test_train_rejects_a_bad_value_in_one_line_before_the_unet_loads(
     line = one_line_exit_2(train, cfg, capsys)
     assert line.startswith(f"error: {key_value}"), line
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.max_steps=3", "trainer.accelerator=tpu"],
+         "error: trainer.accelerator=tpu: Requirement 'torch_xla"),
+        (["trainer.max_steps=3", "+trainer.strategy=deepspeed"],
+         "error: trainer.strategy=deepspeed: To use the `DeepSpeedStrategy`, you must have"),
+    ],
+)  # fmt: skip
+def test_a_package_the_config_needs_is_one_line_naming_the_key_that_asked(
+    overrides, message, tmp_path
+):
+    """Lightning raises ModuleNotFoundError from its Trainer (Hydra printed it in five lines, exit
+    1); of the keys typed, the one whose value the reason names, or a word, not a number."""
+    result = run_cli(*overrides, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[0].startswith(message), lines[0]
 
 
 @pytest.mark.parametrize(
@@ -241,14 +266,11 @@ def test_bf16_on_cpu_is_a_warning_not_an_error(tmp_path, monkeypatch):
         train(cfg)
 
 
-def test_a_precision_lightning_rejects_gets_no_slowness_warning_first(tmp_path, monkeypatch):
-    def stop_after_checks(cfg):
-        raise RuntimeError("checks passed")
-
-    monkeypatch.setattr(train_module, "build", stop_after_checks)
-    cfg = compose_train("trainer.precision=fp17", output_dir=tmp_path)
-    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="checks passed"):
-        warnings.simplefilter("error")  # fp17's own error is Lightning's, when the Trainer builds
+def test_a_refused_precision_gets_no_slowness_warning_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "build", no_model_load)
+    cfg = compose_train("trainer.precision=bf16-true", output_dir=tmp_path)  # "16": CPU-slow
+    with warnings.catch_warnings(), pytest.raises(DifftuneError, match="half-precision weights"):
+        warnings.simplefilter("error")  # the refusal alone, not "~25x slower on CPU" before it
         train(cfg)
 
 

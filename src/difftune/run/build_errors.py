@@ -2,7 +2,8 @@
 
 Hydra wraps whatever a constructor raises in an `InstantiationException` whose message ends with
 `full_key: <node>`. When the constructor's own error is a `ValueError`, `TypeError` or Lightning's
-`MisconfigurationException` (the library checked an argument), `config_error` names the key inside
+`MisconfigurationException` (the library checked an argument), or an `ImportError` of a library's
+constructor (a package the config asks for is missing), `config_error` names the key inside
 that node which the reason is about, its value, and keeps the library's reason:
 `trainer.max_steps=-5: `max_steps` must be a non-negative integer or -1 ...`.
 Anything else raised while building (our bugs) keeps its traceback.
@@ -70,8 +71,31 @@ def _source(cfg: DictConfig, full_key: str) -> str:
     return source.group(1) if source else full_key
 
 
+_UNRESOLVED = object()
+
+
+def _value(node: DictConfig, key: str) -> Any:
+    """`node[key]`, or `_UNRESOLVED` where it cannot be resolved (then it is not the culprit)."""
+    try:
+        return node[key]
+    except Exception:  # noqa: BLE001 - an unresolvable sibling
+        return _UNRESOLVED
+
+
+def _echoes(reason: str, value: Any) -> bool:
+    """Whether the reason names the word `value`, in any case (`strategy=deepspeed`: DeepSpeed)."""
+    return isinstance(value, str) and len(value) >= 3 and value.lower() in reason.lower()
+
+
+def _quotes(reason: str, value: Any) -> bool:
+    """Whether the reason quotes `value` or one of its items."""
+    return value is not _UNRESOLVED and any(_mentions(reason, leaf) for leaf in _leaves(value))
+
+
 def _culprit(node: DictConfig, full_key: str, reason: str, overrides: Sequence[str]) -> str | None:
-    """The key of `node` the reason is about: named in it, set on the command line, or quoted."""
+    """The key of `node` the reason is about: named in it; else of those set on the command line,
+    the one whose value it names, quotes, or a word (a missing package is about a component a
+    word names, not a number), or the first; else one whose value it quotes."""
     subs = [
         k for k in node
         if isinstance(k, str) and not k.startswith("_")
@@ -81,15 +105,16 @@ def _culprit(node: DictConfig, full_key: str, reason: str, overrides: Sequence[s
     if named:
         return max(named, key=len)
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    for k in subs:
-        if _user_key(node, full_key, k) in given:
-            return k
-    for k in subs:
-        try:
-            if any(_mentions(reason, leaf) for leaf in _leaves(node[k])):
-                return k
-        except Exception:  # an unresolvable sibling is not the culprit
-            continue
+    typed = {k: _value(node, k) for k in subs if _user_key(node, full_key, k) in given}
+    for pick in (
+        [k for k, v in typed.items() if _echoes(reason, v)],
+        [k for k, v in typed.items() if _quotes(reason, v)],
+        [k for k, v in typed.items() if isinstance(v, str)],
+        list(typed),
+        [k for k in subs if _quotes(reason, _value(node, k))],
+    ):
+        if pick:
+            return pick[0]
     return None
 
 
@@ -121,7 +146,11 @@ def config_error(
             f"{key}={located.group(1)}: Hydra cannot import it; check the module path and the "
             "name's spelling"
         )
-    library_error = wrapper is not None and isinstance(wrapper.__cause__, library_errors())
+    library_error = wrapper is not None and (
+        isinstance(wrapper.__cause__, library_errors())
+        or isinstance(wrapper.__cause__, ImportError)  # a package the config needs is missing
+        and not str(wrapper).startswith("Error in call to target 'difftune.")  # (ours: a bug)
+    )
     if not library_error or not isinstance(cfg, DictConfig):
         return None
     found = re.search(r"full_key: (\S+)\s*$", str(wrapper))

@@ -1,8 +1,10 @@
-"""The Trainer's length, validation and logging keys, and `resume`: one line each, before the run.
+"""The Trainer's length, validation, logging, precision and clipping keys, and `resume`: one line
+each, before the run.
 
 Lightning checks some of them only once the fit runs (`max_epochs=abc` is an assertion there,
 `val_check_interval=0` a division by zero), and takes others that make no run at all
-(`max_epochs=0` exports the untrained model).
+(`max_epochs=0` exports the untrained model) or a wrong one (`gradient_clip_val=-1` multiplies
+every gradient by a negative factor: the loss climbs).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from difftune.errors import DifftuneError, is_int_at_least
+from difftune.errors import DifftuneError, is_int_at_least, is_number
 
 UNTRAINED = "would export the model untrained"
+#: float32 weights: full precision or Lightning's autocast (its short names too)
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
+HALF_WEIGHTS = ("16-true", "bf16-true")
 
 
 def _length(key: str, value: Any, unit: str) -> None:
@@ -35,6 +40,28 @@ def _max_time(value: Any) -> None:
         raise DifftuneError(f"trainer.max_time={value} {UNTRAINED}; use e.g. 00:12:00:00")
 
 
+def _precision(value: Any) -> None:
+    """The weights stay float32: half-precision weights lose the updates of a fine-tune."""
+    if str(value) in PRECISIONS and not isinstance(value, bool):
+        return
+    valid = "use 32-true, bf16-mixed or 16-mixed (autocast, float32 weights)"
+    if str(value) in HALF_WEIGHTS:
+        raise DifftuneError(
+            f"trainer.precision={value}: half-precision weights round away AdamW's fine-tuning "
+            f"updates (~1e-5 of a weight, below their resolution); {valid}"
+        )
+    raise DifftuneError(f"trainer.precision={value} is not supported; {valid}")
+
+
+def _gradient_clip(value: Any) -> None:
+    """None or a finite number >= 0 (Lightning takes a negative one and flips the gradients)."""
+    if value is not None and not (is_number(value) and value >= 0):
+        raise DifftuneError(
+            f"trainer.gradient_clip_val={value!r} must be a number >= 0 (0 or null: no "
+            "clipping; 1.0 is usual)"
+        )
+
+
 def check_trainer_keys(cfg: DictConfig) -> None:
     """The keys that decide how long a run trains, when it validates and logs, and whether it
     resumes: each a valid value, and together a run that trains at least one step."""
@@ -42,6 +69,8 @@ def check_trainer_keys(cfg: DictConfig) -> None:
     _length("trainer.max_steps", trainer.get("max_steps", -1), "steps")
     _length("trainer.max_epochs", trainer.get("max_epochs"), "epochs")
     _max_time(trainer.get("max_time"))
+    _precision(trainer.get("precision", "32-true"))
+    _gradient_clip(trainer.get("gradient_clip_val"))
     interval = trainer.get("val_check_interval")
     if not (
         interval is None
