@@ -115,6 +115,7 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
         ("sample.py", "image_size=33", "image_size=33 cannot go through this UNet"),
         ("sample.py", "pretrained=/no/dir", "pretrained='/no/dir': no such directory"),
         ("sample.py", "precision=fp8", "precision=fp8: expected one of 32, bf16"),
+        ("sample.py", "class_label=3", "class_label=3: pretrained=difftune/tiny_base has no"),
     ],
 )
 def test_a_bad_value_is_one_line_before_the_heavy_libraries_load(script, override, message):

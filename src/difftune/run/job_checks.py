@@ -57,7 +57,7 @@ FAILED_RUN_LEFT = (".hydra", "sample.log")  # what a sample.py run that failed l
 
 def check_sample_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
     """A new (or empty) dir: `sample.py` writes `grid.png`, `images/` and `.hydra/` there."""
-    from difftune.run.sample_checks import check_sample_config, sampled_unet_config
+    from difftune.run.sample_checks import check_sample_config, class_rows, sampled_unet_config
 
     check_writable(key, job_dir, job_dir)
     entries = sorted(p.name for p in job_dir.iterdir()) if job_dir.is_dir() else []
@@ -71,7 +71,7 @@ def check_sample_job(cfg: DictConfig, job_dir: Path, key: str) -> None:
     _in_job_dir(cfg, job_dir)
     check_sample_config(cfg)
     if cfg.get("plot") is None:  # plot=schedules reads the scheduler alone
-        sampled_unet_config(cfg)
+        class_rows(cfg, sampled_unet_config(cfg)[0])
 
 
 JOB_CHECKS: dict[str, Callable[[DictConfig, Path, str], None]] = {

@@ -1,10 +1,12 @@
 """The values of a `sample.py` config that need no torch or diffusers: checked by the preflight
 of every job of a command line (a typo answers in about a second), and by `sample_images`."""
 
+import math
 from typing import Any
 
 from omegaconf import DictConfig
 
+from difftune.core.conditioning import class_label_id, class_names_of
 from difftune.errors import DifftuneError, require_int
 from difftune.hub.pipelines import load_unet_config
 from difftune.run.checks import check_device, check_image_size, check_seed
@@ -35,3 +37,29 @@ def sampled_unet_config(cfg: DictConfig) -> tuple[dict[str, Any], int]:
     size = cfg.image_size or unet_config["sample_size"]
     check_image_size(size, unet_config, key="image_size")
     return unet_config, size
+
+
+def class_rows(cfg: DictConfig, unet_config: dict[str, Any]) -> list[int] | None:
+    """The class ids to sample, one grid row each (None: an unconditional pipeline), from
+    `class_label` and `cfg_scale` checked against `unet/config.json` alone (no weights)."""
+    w = cfg.get("cfg_scale")
+    if w is not None and not (
+        isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
+    ):
+        raise DifftuneError(
+            f"cfg_scale={w} must be a finite number (3 is usual, 1 is plain conditional "
+            "sampling) or null (no classifier-free guidance)"
+        )
+    names = class_names_of(unet_config)
+    if names is None:
+        for key in ("class_label", "cfg_scale"):
+            if cfg.get(key) is not None:
+                raise DifftuneError(
+                    f"{key}={cfg.get(key)}: pretrained={cfg.pretrained} has no classes (an "
+                    f"unconditional pipeline); valid: {key}=null, or a pipeline fine-tuned with "
+                    "model.conditioning=class"
+                )
+        return None
+    if cfg.get("class_label") is None:
+        return list(range(len(names)))
+    return [class_label_id(cfg.class_label, names, key="class_label")]

@@ -3,7 +3,6 @@
 import contextlib
 import copy
 import logging
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +13,14 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from difftune.core.conditioning import class_label_id, class_names_of
+from difftune.core.conditioning import class_names_of
 from difftune.core.sampling import sample, set_timesteps
 from difftune.errors import DifftuneError
 from difftune.guidance.guide import Guidance
 from difftune.hub.pipelines import load_noise_scheduler, load_unet
 from difftune.pictures.images import save_grid, save_panels, to_pil_list
 from difftune.pictures.plots import plot_progression, plot_schedules
-from difftune.run.sample_checks import check_sample_config, sampled_unet_config
+from difftune.run.sample_checks import check_sample_config, class_rows, sampled_unet_config
 from difftune.seeds import mix_seed
 
 log = logging.getLogger(__name__)
@@ -56,32 +55,6 @@ def speed_settings(cfg: DictConfig, unet: torch.nn.Module, device: str) -> tuple
     bf16 = str(cfg.get("precision", "32")) == "bf16"
     autocast = torch.autocast(device, torch.bfloat16) if bf16 else contextlib.nullcontext()
     return model, autocast
-
-
-def class_rows(cfg: DictConfig, unet_config: dict[str, Any]) -> list[int] | None:
-    """The class ids to sample, one grid row each (None: an unconditional pipeline), from
-    `class_label` and `cfg_scale` checked against `unet/config.json` alone (no weights)."""
-    w = cfg.get("cfg_scale")
-    if w is not None and not (
-        isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
-    ):
-        raise DifftuneError(
-            f"cfg_scale={w} must be a finite number (3 is usual, 1 is plain conditional "
-            "sampling) or null (no classifier-free guidance)"
-        )
-    names = class_names_of(unet_config)
-    if names is None:
-        for key in ("class_label", "cfg_scale"):
-            if cfg.get(key) is not None:
-                raise DifftuneError(
-                    f"{key}={cfg.get(key)}: pretrained={cfg.pretrained} has no classes (an "
-                    f"unconditional pipeline); valid: {key}=null, or a pipeline fine-tuned with "
-                    "model.conditioning=class"
-                )
-        return None
-    if cfg.get("class_label") is None:
-        return list(range(len(names)))
-    return [class_label_id(cfg.class_label, names, key="class_label")]
 
 
 def _file_name(name: str) -> str:
