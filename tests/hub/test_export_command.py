@@ -140,6 +140,7 @@ def test_checkpoint_from_another_architecture_is_one_line(tmp_path, tiny_pipelin
     "setup, message",
     [
         (lambda p: None, "does not exist"),
+        (lambda p: p.mkdir(), "bad.ckpt is a directory; pass a .ckpt file"),
         (lambda p: p.write_text("not a checkpoint"), "cannot be read"),
         (lambda p: p.write_text("hello world\n"), "cannot be read (not a torch file"),  # KeyError
         (

@@ -46,7 +46,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     not one of ours, and we refuse it rather than unpickle arbitrary objects.
     """
     if not path.is_file():
-        raise DifftuneError(f"checkpoint {path} does not exist")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise DifftuneError(
+            f"checkpoint {path} {what}; pass a .ckpt file (e.g. <run>/checkpoints/last.ckpt)"
+        )
     if not zipfile.is_zipfile(path):  # torch's unpickler reads other bytes as opcodes and fails
         raise DifftuneError(  # in any way (KeyError for a text file)
             f"checkpoint {path} cannot be read (not a torch file: torch.save writes a zip archive)"
