@@ -15,6 +15,7 @@ from difftune.callbacks.kid import KIDCallback
 from difftune.core.module import DiffusionFineTuner
 from difftune.data import ImageDataModule
 from difftune.errors import DifftuneError
+from difftune.metrics import features
 from difftune.metrics.distance import distribution_distance
 from difftune.metrics.features import SmallFeatures
 from difftune.run.train import build, train
@@ -130,6 +131,18 @@ def test_callback_rejects_bad_settings():
         DifftuneError, match=r"^callbacks.kid.features='nope' is not one of small, "
     ):
         KIDCallback(features="nope")  # when built, before any model loads
+
+
+def test_inception_features_without_torch_fidelity_name_the_callbacks_key(monkeypatch):
+    """The extractor's error named `features=`, a key no config has; the run's is callbacks.kid."""
+    monkeypatch.setattr(features, "_TORCH_FIDELITY_AVAILABLE", False)
+    callback = KIDCallback(features="inception")
+    with pytest.raises(DifftuneError) as err:
+        callback.setup(Trainer(accelerator="cpu", logger=False), None, "fit")
+    message = str(err.value)
+    assert message.startswith("callbacks.kid.features=inception needs torch-fidelity"), message
+    assert message.endswith("use callbacks.kid.features=small (offline, no download) or "
+                            "callbacks.kid.features=clip")  # fmt: skip
 
 
 def test_callbacks_kid_composes_the_default_callbacks_plus_kid(tmp_path):

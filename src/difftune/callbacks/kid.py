@@ -110,7 +110,7 @@ class KIDCallback(EveryNSteps):
             if isinstance(self.features, str):
                 self.extractor = build_feature_extractor(
                     self.features, model_name=self.model_name, pretrained=self.pretrained,
-                    seed=self.seed,
+                    seed=self.seed, key="callbacks.kid.features",
                 )  # fmt: skip
             else:
                 self.extractor = self.features

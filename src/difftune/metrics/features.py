@@ -101,12 +101,12 @@ class InceptionFeatures(nn.Module):
     name = "inception"
     num_features = 2048
 
-    def __init__(self) -> None:
+    def __init__(self, key: str = "features") -> None:
         super().__init__()
-        hint = "use features=small (offline, no download) or features=clip"
+        hint = f"use {key}=small (offline, no download) or {key}=clip"
         if not _TORCH_FIDELITY_AVAILABLE:
             raise DifftuneError(
-                f"features=inception needs torch-fidelity (pip install torch-fidelity) and its "
+                f"{key}=inception needs torch-fidelity (pip install torch-fidelity) and its "
                 f"Inception weights (a download), and torch-fidelity is not installed; {hint}"
             )
         from torchmetrics.image.fid import NoTrainInceptionV3
@@ -116,7 +116,7 @@ class InceptionFeatures(nn.Module):
         except Exception as err:  # noqa: BLE001  (a failed download surfaces as many types)
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise DifftuneError(
-                f"features=inception: could not load the Inception weights ({reason}); {hint}"
+                f"{key}=inception: could not load the Inception weights ({reason}); {hint}"
             ) from err
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -137,15 +137,17 @@ def build_feature_extractor(
     model_name: str = "ViT-B-32",
     pretrained: str | None = "openai",
     seed: int = 0,
+    key: str = "features",
 ) -> nn.Module:
-    """The extractor named `features` (one of FEATURES), frozen, in eval mode, on the CPU."""
+    """The extractor named `features` (one of FEATURES), frozen, in eval mode, on the CPU; its
+    errors name the setting as `key` (`callbacks.kid.features` in a run)."""
     if features == "small":
         return SmallFeatures(seed=seed)
     if features == "clip":
         return ClipFeatures(model_name=model_name, pretrained=pretrained)
     if features == "inception":
-        return InceptionFeatures()
-    raise DifftuneError(f"features={features!r} is not one of {', '.join(FEATURES)}")
+        return InceptionFeatures(key=key)
+    raise DifftuneError(f"{key}={features!r} is not one of {', '.join(FEATURES)}")
 
 
 def feature_name(features: str | nn.Module) -> str:
