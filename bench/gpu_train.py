@@ -215,9 +215,13 @@ def levers_mode(args, device: str) -> None:
           f"{results[best]['images_per_s'] / base:.2f}x the baseline")  # fmt: skip
 
 
+class TrainPyError(Exception):
+    """A train.py run that exited non-zero: its exit status and the end of its output."""
+
+
 def train_py(data_dir: Path, run_dir: Path, args, device: str, extra: list[str]) -> tuple:
     """images/s (steady, data loading included), peak GiB and wall seconds of one `python
-    train.py` run."""
+    train.py` run; TrainPyError when it fails."""
     every = math.gcd(args.warmup, args.steps)
     command = [
         sys.executable, str(REPO / "train.py"), *CELEBAHQ_CLI,
@@ -245,7 +249,7 @@ def train_py(data_dir: Path, run_dir: Path, args, device: str, extra: list[str])
         args.logs.mkdir(parents=True, exist_ok=True)
         (args.logs / f"{run_dir.name}.log").write_text(f"{' '.join(command)}\n{output}")
     if done.returncode:
-        sys.exit(f"train.py {' '.join(extra)} exited {done.returncode}:\n{output[-3000:]}")
+        raise TrainPyError(f"exited {done.returncode}:\n{output[-3000:]}")
     steps_per_s = train_py_steady(output, args.warmup, args.steps)
     with open(run_dir / "metrics.csv") as f:
         peaks = [float(r["perf/peak_memory_mb"]) for r in csv.DictReader(f)
@@ -297,7 +301,13 @@ def peer_mode(args, device: str) -> None:
         plain = f"train.py hardware={'gpu' if device == 'cuda' else 'cpu'}"
         runs = {plain: [], **{f"{plain} {v}": v.split() for v in args.variants}}
         for i, (name, extra) in enumerate(runs.items()):
-            rows[name] = train_py(data_dir, Path(tmp) / f"run{i}", args, device, extra)
+            try:
+                rows[name] = train_py(data_dir, Path(tmp) / f"run{i}", args, device, extra)
+            except TrainPyError as failed:  # a variant's failure leaves the others their time
+                if not extra:
+                    sys.exit(f"{name} {failed}")
+                print(f"{name:52} failed: {failed}", flush=True)
+                continue
             print(f"{name:52} {rows[name][0]:8.1f} images/s  peak {rows[name][1]:.2f} GiB  "
                   f"process {rows[name][2]:.0f} s\n  images/s per progress interval: "
                   f"{rows[name][3]}", flush=True)  # fmt: skip

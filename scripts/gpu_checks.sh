@@ -14,7 +14,8 @@
 #    per 10 steps (a dip per epoch?) and its profile of the 3 steps before the timed ones (the
 #    GPU's busy share); the runs' whole output in LOG_DIR/train_py/.
 #    Five processes (the peer, then four train.py runs, two of them compiling a graph of their
-#    own, ~1 min each): the part has most of the time.
+#    own, ~1 min each): the part has most of the time. A variant that fails prints its error
+#    as its row and the next one runs.
 # 2. pytest -m gpu tests/test_gpu.py: bf16 fine-tune and export, the levers' losses (compile
 #    included), seeded runs, fused AdamW skipping a NaN batch on the GPU (never run yet)
 # Not rerun, their goals met on an H200: sampling (bench/gpu_sample.py --compile, 2.61x

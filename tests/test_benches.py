@@ -42,18 +42,24 @@ def test_gpu_sample_gives_ddimpipelines_images_and_a_ratio():
 
 def test_gpu_train_peer_runs_train_py_against_diffusers_loop(tmp_path):
     lines = bench("bench/gpu_train.py", "--peer", "--variants", "model.attention=classic",
-                  "--profile", "--logs", str(tmp_path))  # fmt: skip
+                  "model.optimizer.lr=-1", "--profile", "--logs", str(tmp_path))  # fmt: skip
     assert any(line.startswith("peer ") and "images/s" in line for line in lines)
     plain = [line for line in lines if re.match(r"^train.py hardware=cpu +[\d.]+ images/s", line)]
     variant = [line for line in lines if line.startswith("train.py hardware=cpu model.attention")]
     assert len(plain) == 1 and len(variant) == 1, lines
+    row = r"^train.py hardware=cpu model.optimizer.lr=-1 +failed: exited 2:$"
+    failed = [i for i, line in enumerate(lines) if re.match(row, line)]
+    assert len(failed) == 1 and any(  # its reason shown, and the runs after it went on
+        line.startswith("error: model.optimizer.lr=-1 must be") for line in lines[failed[0]:]
+    ), lines  # fmt: skip
     assert re.search(r" process \d+ s$", variant[0])
     intervals = [line for line in lines if line.startswith("  images/s per progress interval: ")]
     assert len(intervals) == 2 and all(float(x) > 0 for x in intervals[0].split(":")[1].split())
     profiles = [line for line in lines if re.match(r"^  profile of 1 steps: \d+ ms$", line)]
     assert len(profiles) == 2, lines  # the step before the timed ones, in each train.py run
     logs = sorted(tmp_path.glob("*.log"))
-    assert len(logs) == 2 and "aten::convolution" in logs[0].read_text()
+    assert len(logs) == 3 and "aten::convolution" in logs[0].read_text()
+    assert "error: model.optimizer.lr=-1" in logs[2].read_text()  # the failed run's log too
     ratio = re.match(r"^ratio train.py/peer images/s: [\d.]+ \(train.py ([\d.]+) images/s\)$",
                      lines[-1])  # fmt: skip
     assert ratio and ratio[1] == plain[0].split()[2]  # the ratio is the plain run's
