@@ -1,6 +1,6 @@
 """Reject bad training configs in one line each, before any model or dataset is loaded: first the
 values that need no library (a typo answers in about a second: torch, diffusers and Lightning
-take seconds to import), then what needs them (the optimizer, the UNet's config, the callbacks)."""
+take seconds to import), then what needs them (the optimizer, the loggers, the callbacks)."""
 
 import math
 import warnings
