@@ -108,6 +108,11 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
         ("train.py", "model.attention=flash", "model.attention='flash': expected one of sdpa"),
         ("train.py", "model.pretrained=/no/dir", "model.pretrained='/no/dir': no such directory"),
         ("train.py", "data=imagefolder", "data.data_dir=None: data=imagefolder needs the folder"),
+        (
+            "train.py",
+            "data=imagefolder data.data_dir=src/difftune/conf",  # yaml files only
+            "data.data_dir='src/difftune/conf' contains no image files (.jpg, .jpeg,",
+        ),
         ("train.py", "data.style=sepia", "data.style='sepia' is not one of photo, vintage"),
         ("train.py", "model.conditioning=class", "model.conditioning=class needs labelled data"),
         ("train.py", "model.p_uncond=2", "model.p_uncond=2 must be in [0, 1)"),
@@ -116,12 +121,21 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
         ("sample.py", "pretrained=/no/dir", "pretrained='/no/dir': no such directory"),
         ("sample.py", "precision=fp8", "precision=fp8: expected one of 32, bf16"),
         ("sample.py", "class_label=3", "class_label=3: pretrained=difftune/tiny_base has no"),
+        ("sample.py", "num_inference_steps=0", "num_inference_steps=0 must be an integer >= 1"),
+        (
+            "sample.py",
+            "guidance=color guidance.schedule=cosine",
+            "guidance.schedule='cosine': expected one of none, alpha_bar, sqrt_alpha_bar",
+        ),
+        ("sample.py", "guidance=clip guidance.n_cuts=0", "guidance.n_cuts=0: expected an integer"),
+        ("sample.py", "guidance=[color,clip]", "guidance=[color,clip]: Hydra merges a list of"),
+        ("train.py", "guidance=color guidance.target_rgb=[1,2]", "guidance.target_rgb=[1, 2]: ex"),
     ],
 )
 def test_a_bad_value_is_one_line_before_the_heavy_libraries_load(script, override, message):
     """A typo answers in about a second: torch, diffusers and Lightning take seconds to import."""
     code = (
-        f"import runpy, sys; sys.argv = [{script!r}, {override!r}]\n"
+        f"import runpy, sys; sys.argv = [{script!r}, *{override.split()!r}]\n"
         f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
         "except SystemExit as stop:\n    print('EXIT', stop.code)\n"
         "print('LOADED', ' '.join(m for m in ('diffusers', 'lightning', 'torch') "

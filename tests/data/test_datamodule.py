@@ -88,10 +88,12 @@ def test_a_held_out_split_with_nothing_decodable_is_said(tmp_path: Path) -> None
     ]
 
 
-def test_folder_without_images_fails_at_setup(tmp_path: Path) -> None:
+def test_folder_without_images_fails_when_the_module_is_made(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / ".hidden.png").write_text("not listed")
+    (tmp_path / "sub.png").mkdir()  # a folder named like an image
     with pytest.raises(DifftuneError, match="contains no image files"):
-        ImageDataModule(source="imagefolder", data_dir=str(tmp_path)).setup()
+        ImageDataModule(source="imagefolder", data_dir=str(tmp_path))
 
 
 def test_split_is_disjoint_and_deterministic() -> None:

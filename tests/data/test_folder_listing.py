@@ -3,7 +3,7 @@
 import datasets
 from PIL import Image
 
-from difftune.data.sources import list_image_files
+from difftune.data.folders import list_image_files
 
 
 def test_a_folder_is_read_whole_where_datasets_imagefolder_reads_split_names(tmp_path, monkeypatch):
@@ -36,7 +36,7 @@ def test_linked_folders_are_read_once_and_other_files_are_counted(tmp_path, capl
     (folder / "own" / "loop").symlink_to(folder)
     (folder / "notes.txt").write_text("x")
     (folder / ".DS_Store").write_text("x")
-    with caplog.at_level("INFO", logger="difftune.data.sources"):
+    with caplog.at_level("INFO", logger="difftune.data.folders"):
         listed = list_image_files(folder)
     names = [p.split("/photos/")[1] for p in listed]
     assert names == ["again/0.png", "again/1.png", "again/2.png", "own/a.JPE"]  # sorted: first

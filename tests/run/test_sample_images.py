@@ -118,7 +118,7 @@ def test_embedded_default_samples_offline(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("num_inference_steps=0", r"num_inference_steps=0: expected >= 1 \(an integer\)"),
+        ("num_inference_steps=0", "num_inference_steps=0 must be an integer >= 1"),
         ("num_images=0", "num_images=0 must be an integer >= 1"),
         ("plot=curves", "plot='curves' is not one of schedules"),
         ("image_size=25", "image_size=25 cannot go through this UNet: use a multiple of 2"),
@@ -138,11 +138,9 @@ def test_empty_prompt_is_one_line_from_the_command_line(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith("error: guidance.prompt=: ClipLoss prompt=''")
-    )
+    assert result.stderr.strip().splitlines() == [
+        "error: guidance.prompt='': expected non-empty text(s)"
+    ]
 
 
 def test_save_grid_writes_model_space_as_pixels(tmp_path):

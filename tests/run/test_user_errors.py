@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from PIL import Image
 
 import difftune.hub.pipelines as pipeline_io
 import difftune.run.sample_images as generate_module
@@ -35,10 +36,9 @@ def no_model_load(*args, **kwargs):
         ("callbacks.sample_grid.every_n_steps=0", "callbacks.sample_grid.every_n_steps=0"),
         ("callbacks.loss_curve.every_n_steps=0", "callbacks.loss_curve.every_n_steps=0"),
         ("ema=default ema.decay=1.5", "ema.decay=1.5"),
-        ("guidance=color guidance.target_rgb=[red,0,0]", "guidance.target_rgb=[red, 0, 0]"),
-        ("guidance=clip guidance.n_cuts=four", "guidance.n_cuts=four"),
-        ("guidance=clip guidance.prompt=null",
-         "guidance.prompt=None: ClipLoss prompt=None: expected"),
+        ("guidance=color guidance.target_rgb=[red,0,0]", "guidance.target_rgb=['red', 0, 0]: e"),
+        ("guidance=clip guidance.n_cuts=four", "guidance.n_cuts='four': expected an integer"),
+        ("guidance=clip guidance.prompt=null", "guidance.prompt=None: expected non-empty text"),
         ("model.optimizer.weight_decay=-0.1", "model.optimizer.weight_decay=-0.1"),
         ("model.optimizer.lr=inf", "model.optimizer.lr=inf"),
         ("seed=4294967296", "seed=4294967296"),
@@ -131,7 +131,7 @@ def test_train_says_exactly_what_is_wrong_before_the_fit(overrides, message, tmp
     [
         ("seed=abc", "seed=abc"),
         ("num_inference_steps=2000", "num_inference_steps=2000"),
-        ("guidance=color guidance.target_rgb=[0.1,x,0]", "guidance.target_rgb=[0.1, x, 0]"),
+        ("guidance=color guidance.target_rgb=[0.1,x,0]", "guidance.target_rgb=[0.1, 'x', 0]: exp"),
         pytest.param("device=cuda", "device=cuda", marks=pytest.mark.skipif(
             torch.cuda.is_available(), reason="needs a machine without a GPU")),
     ],
@@ -290,6 +290,7 @@ def test_a_literal_interpolation_in_a_path_is_one_line(tmp_path, capsys):
     """An escaped `\\${` passes Hydra's command line; its instantiate resolved it again and
     raised InterpolationKeyError with a traceback."""
     (tmp_path / "d${a}").mkdir()  # there: the path is fine, only its `${` cannot be passed
+    Image.new("RGB", (8, 8)).save(tmp_path / "d${a}" / "0.png")
     cfg = compose_train("data=imagefolder", f"data.data_dir={tmp_path}/d\\${{a}}",
                         output_dir=tmp_path / "run")  # fmt: skip
     assert one_line_exit_2(train, cfg, capsys) == (

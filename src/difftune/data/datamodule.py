@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from difftune.data.decode import DecodedImageDataset, ImageSource, decode_image, make_collate
+from difftune.data.folders import list_image_files
 from difftune.data.labels import (
     Labelled,
     column_labels,
@@ -23,7 +24,7 @@ from difftune.data.labels import (
 )
 from difftune.data.options import check_data_options, style_tuple
 from difftune.data.resumable import EpochShuffle, ResumableDataLoader, SeededAugmentation
-from difftune.data.sources import IMAGE_EXTENSIONS, list_image_files, load_hf_records
+from difftune.data.sources import load_hf_records
 from difftune.data.split import VAL_CAP, split_indices
 from difftune.data.streaming import StreamedImages, stream_split
 from difftune.data.synthetic import SyntheticStyleDataset
@@ -112,12 +113,7 @@ class ImageDataModule(pl.LightningDataModule):
                 labelled = column_labels(records.dataset, self.label_column, self.dataset_name)
                 self._labels, self._class_names = labelled
         else:
-            records = list_image_files(self.data_dir)
-            if not records:
-                raise DifftuneError(
-                    f"data.data_dir={self.data_dir!r} contains no image files "
-                    f"({', '.join(IMAGE_EXTENSIONS)})"
-                )
+            records = list_image_files(self.data_dir)  # not empty: checked in __init__
             if self.label_column is not None:
                 self._labels, self._class_names = folder_labels(self.data_dir, records)
         self._records = records

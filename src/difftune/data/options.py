@@ -5,6 +5,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from difftune.data.folders import IMAGE_EXTENSIONS, has_image_file
 from difftune.errors import DifftuneError, require_int
 
 SOURCES = ("synthetic", "hf", "imagefolder")
@@ -48,6 +49,11 @@ def check_data_options(options: Mapping[str, Any]) -> None:
             )
         if not Path(data_dir).expanduser().is_dir():
             raise DifftuneError(f"data.data_dir={data_dir!r} is not an existing directory")
+        if not has_image_file(Path(data_dir).expanduser()):
+            raise DifftuneError(
+                f"data.data_dir={data_dir!r} contains no image files "
+                f"({', '.join(IMAGE_EXTENSIONS)})"
+            )
 
 
 def style_tuple(style: str | Sequence[str]) -> tuple[str, ...]:

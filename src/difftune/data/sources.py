@@ -1,9 +1,8 @@
-"""Where images come from: a folder listing, or the undecoded image column of a HF dataset."""
+"""Where a hub dataset's images come from: the undecoded image column of a HF dataset."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,6 @@ from difftune.errors import DifftuneError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif",
-    ".jp2", ".ppm", ".pgm", ".pbm", ".tga",
-)  # fmt: skip
 _OFFLINE_HINT = (
     "to work offline use data=imagefolder data.data_dir=DIR, or data=synthetic, "
     "or HF_DATASETS_OFFLINE=1 with the dataset already in the HF cache"
@@ -27,34 +22,6 @@ def _one_line(text: str, limit: int = 240) -> str:
     """Collapse whitespace/newlines and shorten, so a library's message fits one error line."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# Not datasets' load_dataset("imagefolder"): it takes subfolders named train/, test/ for splits and
-# drops the others (tests/data/test_folder_listing.py); a user's folder is read whole.
-def list_image_files(data_dir: str | Path) -> list[str]:
-    """Image files under `data_dir`: recursive through linked folders (each real folder once),
-    sorted, hidden files and folders left out; the log says how many other files were."""
-    seen: set[str] = set()
-    files, others = [], []
-    for top, dirs, names in os.walk(data_dir, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:  # a link back up the tree, or a second link to one folder
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # the first link wins
-        for name in names:
-            path = Path(top, name)
-            if name.startswith(".") or not path.is_file():
-                continue
-            (files if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
-    root = Path(data_dir)
-    if others:
-        log.info(
-            "data.data_dir=%s: %d files without an image extension left out (e.g. %s)",
-            data_dir, len(others), others[0].relative_to(root),
-        )  # fmt: skip
-    return [str(p) for p in sorted(files, key=lambda p: p.relative_to(root).as_posix())]
 
 
 class HFImageRecords(Sequence):

@@ -8,9 +8,9 @@ import shlex
 from dataclasses import dataclass
 
 from difftune.errors import DifftuneError
+from difftune.guidance.options import SCHEDULE_NAMES as SCHEDULES
 
 GUIDANCES = ("none", "color", "clip")
-SCHEDULES = ("none", "alpha_bar", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar")
 SCHEDULERS = ("ddim", "ddpm", "dpm_solver")
 HEX_COLOUR = re.compile(r"^#?([0-9a-fA-F]{6})$")
 RGBA_COLOUR = re.compile(r"^rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from torchvision.transforms import v2
 
-from difftune.guidance.guide import GuidanceError
+from difftune.guidance.options import GuidanceError, clip_prompts
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -122,20 +122,7 @@ class ClipLoss:
         device: str | torch.device | None = None,
         model: torch.nn.Module | None = None,
     ) -> None:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt or ())
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise GuidanceError(f"ClipLoss prompt={prompt!r}: expected non-empty text(s)")
-        weights = [1.0] * len(prompts) if weights is None else [float(w) for w in weights]
-        if len(weights) != len(prompts) or sum(weights) == 0:
-            raise GuidanceError(
-                f"ClipLoss weights={weights!r}: expected {len(prompts)} weight(s), non-zero sum"
-            )
-        if int(n_cuts) < 1:
-            raise GuidanceError(f"ClipLoss n_cuts={n_cuts!r}: expected an integer >= 1")
-        if not 1 <= int(cut_batches) <= int(n_cuts):
-            raise GuidanceError(
-                f"ClipLoss cut_batches={cut_batches!r}: expected 1..n_cuts={n_cuts}"
-            )
+        prompts, weights = clip_prompts(prompt, weights, n_cuts, cut_batches)
         self.prompts, self.model_name, self.pretrained = prompts, model_name, pretrained
         self.n_cuts, self.cut_batches = int(n_cuts), int(cut_batches)
         total = abs(sum(weights))

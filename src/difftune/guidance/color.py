@@ -6,23 +6,14 @@ from collections.abc import Sequence
 
 import torch
 
-from difftune.guidance.guide import GuidanceError
+from difftune.guidance.options import color_target
 
 
 class ColorLoss:
     """Mean |x̂0 − (2·c − 1)| over pixels, channels and batch, c an RGB colour in [0, 1]."""
 
     def __init__(self, target_rgb: Sequence[float] = (0.8, 0.4, 0.6)) -> None:
-        try:  # text is not three numbers, though float() takes each of its characters
-            target = () if isinstance(target_rgb, str) else tuple(float(v) for v in target_rgb)
-        except (TypeError, ValueError):
-            target = ()
-        if len(target) != 3 or not all(0.0 <= v <= 1.0 for v in target):
-            raise GuidanceError(
-                f"ColorLoss target_rgb={target_rgb!r}: expected 3 values in [0, 1], e.g. "
-                "guidance.target_rgb=[0.8,0.4,0.6]"
-            )
-        self.target_rgb = target
+        self.target_rgb = color_target(target_rgb)
 
     @property
     def label(self) -> str:

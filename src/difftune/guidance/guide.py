@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
 from difftune.core.prediction import eps_shift_to_output, predict_x0, to_epsilon
-from difftune.errors import DifftuneError
+from difftune.guidance.options import SCHEDULE_NAMES, GuidanceError, check_guidance
 from difftune.guidance.x0_clip import X0Clip
-
-
-class GuidanceError(DifftuneError, ValueError):
-    """A bad guidance setting (unknown schedule or target, empty prompt, ...), as one line."""
 
 
 def _ones(alpha_prod_t: torch.Tensor) -> torch.Tensor:
@@ -34,13 +29,11 @@ def _sqrt_one_minus_alpha_bar(alpha_prod_t: torch.Tensor) -> torch.Tensor:
 
 
 #: Gradient-scaling schedules w(ᾱ_t), evaluated at ᾱ_t = alphas_cumprod[t] (t the timestep).
-SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "none": _ones,
-    "alpha_bar": _alpha_bar,
-    "sqrt_alpha_bar": _sqrt_alpha_bar,
-    "sqrt_one_minus_alpha_bar": _sqrt_one_minus_alpha_bar,
-}
-APPLY_TO = ("x", "eps")
+SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(
+    zip(
+        SCHEDULE_NAMES, (_ones, _alpha_bar, _sqrt_alpha_bar, _sqrt_one_minus_alpha_bar), strict=True
+    )
+)
 
 
 def alphas_at(
@@ -66,27 +59,8 @@ class Guidance:
     ) -> None:
         if not callable(loss):
             raise GuidanceError(f"guidance loss={loss!r} is not callable: pass x0 -> scalar tensor")
-        try:
-            finite = math.isfinite(float(scale))
-        except (TypeError, ValueError):
-            finite = False
-        if not finite:
-            raise GuidanceError(f"guidance scale={scale!r}: expected a finite number")
-        if schedule not in SCHEDULES:
-            raise GuidanceError(
-                f"guidance schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}"
-            )
-        if apply_to not in APPLY_TO:
-            raise GuidanceError(
-                f"guidance apply_to={apply_to!r}: expected one of {', '.join(APPLY_TO)}"
-            )
-        if grad_clip_rms is not None and not float(grad_clip_rms) > 0:
-            raise GuidanceError(f"guidance grad_clip_rms={grad_clip_rms!r}: expected > 0 or None")
-        for key, value in (
-            ("through_unet", through_unet), ("clip_x0", clip_x0), ("per_image", per_image)
-        ):  # fmt: skip
-            if not isinstance(value, bool):  # bool("false") is True: a costly surprise
-                raise GuidanceError(f"guidance {key}={value!r}: expected true or false")
+        flags = {"through_unet": through_unet, "clip_x0": clip_x0, "per_image": per_image}
+        check_guidance(scale, schedule, apply_to, grad_clip_rms, flags)
         self.loss = loss
         self.scale = float(scale)
         self.through_unet = through_unet

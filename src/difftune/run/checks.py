@@ -14,6 +14,7 @@ from difftune.core.conditioning import check_conditioning
 from difftune.core.options import check_module_options
 from difftune.data.options import check_data_options
 from difftune.errors import DifftuneError, is_int_at_least
+from difftune.guidance.options import check_guidance_config
 from difftune.hub.pipelines import load_unet_config, unet_downsample_factor
 from difftune.run import preflight
 from difftune.run.trainer_keys import check_trainer_keys
@@ -134,6 +135,7 @@ def check_train_values(cfg: DictConfig) -> None:
     )  # fmt: skip
     if str(cfg.data.get("_target_", "")).endswith("ImageDataModule"):
         check_data_options(cfg.data)
+    check_guidance_config(cfg.get("guidance"))  # the sample grids' guided panels
     unet_config = unet_config_of(cfg.model)  # a hub id's through diffusers
     check_image_size(cfg.data.get("image_size"), unet_config)
     labelled = [] if cfg.data.get("label_column") else None  # the names come with the data

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from difftune.core.conditioning import class_label_id, class_names_of
 from difftune.errors import DifftuneError, require_int
+from difftune.guidance.options import check_guidance_config
 from difftune.hub.pipelines import load_unet_config
 from difftune.run.checks import check_device, check_image_size, check_seed
 
@@ -16,8 +17,9 @@ PRECISIONS = ("32", "bf16")
 
 
 def check_sample_config(cfg: DictConfig) -> None:
-    """The keys only `sample.py` has; the scheduler and the guidance check their own."""
-    for key in ("num_images", "batch_size", "progression_every"):
+    """The keys only `sample.py` has, and the guidance preset's (a `_target_` of the user's own
+    checks its own); the scheduler checks the step count against its own limit."""
+    for key in ("num_images", "batch_size", "progression_every", "num_inference_steps"):
         require_int(key, cfg.get(key), 1)
     if cfg.get("plot") not in (None, *PLOTS):
         raise DifftuneError(f"plot={cfg.plot!r} is not one of {', '.join(PLOTS)} (or null)")
@@ -28,6 +30,7 @@ def check_sample_config(cfg: DictConfig) -> None:
         raise DifftuneError(f"precision={precision}: expected one of {', '.join(PRECISIONS)}")
     if not isinstance(cfg.get("compile", False), bool):
         raise DifftuneError(f"compile={cfg.compile}: expected true or false")
+    check_guidance_config(cfg.get("guidance"))
 
 
 def sampled_unet_config(cfg: DictConfig) -> tuple[dict[str, Any], int]:
