@@ -124,6 +124,11 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
         ("sample.py", "num_inference_steps=0", "num_inference_steps=0 must be an integer >= 1"),
         (
             "sample.py",
+            "scheduler=dpm_solver num_inference_steps=1000",
+            "num_inference_steps=1000: more than DPMSolverMultistepScheduler takes on the",
+        ),
+        (
+            "sample.py",
             "guidance=color guidance.schedule=cosine",
             "guidance.schedule='cosine': expected one of none, alpha_bar, sqrt_alpha_bar",
         ),

@@ -206,3 +206,28 @@ def test_noise_that_does_not_fit_the_unet_is_one_line_before_any_step(tiny_unet,
     "Input type (c10::Half) and bias type (float) should be the same")."""
     with pytest.raises(DifftuneError, match=message):
         sample(tiny_unet, DDIMScheduler(), noise, num_inference_steps=2)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_the_most_steps_a_scheduler_takes_sample_to_the_end_and_one_more_is_one_line(name):
+    """DDIM and DDPM take one step per training timestep; DPM-Solver takes that many too, and
+    then repeats a timestep (`timestep_spacing="linspace"`) or, with the "leading" spacing of the
+    embedded base, fails at its last step (IndexError, after all the others): one fewer."""
+    config = {"num_train_timesteps": 50, "timestep_spacing": "leading"}
+    scheduler = type(SCHEDULERS[name]()).from_config(config)
+    unet = make_tiny_unet(sample_size=8)
+    limit = 49 if name == "dpm" else 50
+    x_0 = sample(unet, scheduler, torch.randn(1, 3, 8, 8), num_inference_steps=limit)
+    assert torch.isfinite(x_0).all() and len(scheduler.timesteps) == limit
+    with pytest.raises(DifftuneError) as err:
+        sample(unet, scheduler, torch.randn(1, 3, 8, 8), num_inference_steps=limit + 1)
+    assert str(err.value) == (
+        f"num_inference_steps={limit + 1}: more than {type(scheduler).__name__} takes on the "
+        f"pipeline's 50 training timesteps; valid: 1 to {limit}"
+    )
+    if name == "dpm":  # what the limit saves: diffusers takes 50 steps, and fails at the last
+        scheduler.set_timesteps(50)
+        x_t = torch.zeros(1, 3, 8, 8)
+        with pytest.raises(IndexError):
+            for t in scheduler.timesteps:
+                x_t = scheduler.step(torch.zeros_like(x_t), t, x_t).prev_sample

@@ -1,4 +1,5 @@
-"""The numbers and switches of `model.*` that need no UNet, and no torch or diffusers imported."""
+"""The numbers and switches of `model.*`, and a sampling step count, checked with no UNet and no
+torch or diffusers imported."""
 
 from difftune.errors import DifftuneError, is_number
 
@@ -21,3 +22,15 @@ def check_module_options(
     for key, value in levers.items():
         if not isinstance(value, bool):
             raise DifftuneError(f"model.{key}={value} must be true or false")
+
+
+def check_step_count(num_inference_steps: int, num_train_timesteps: int, scheduler: str) -> None:
+    """At most one sampling step per training timestep (`scheduler`, a class name: DDIM and DDPM
+    refuse more); DPM-Solver one fewer: it takes num_train_timesteps steps, and then repeats a
+    timestep (linspace spacing) or fails at the last step, after all the others (leading)."""
+    limit = num_train_timesteps - scheduler.startswith("DPMSolverMultistep")
+    if num_inference_steps > limit:
+        raise DifftuneError(
+            f"num_inference_steps={num_inference_steps}: more than {scheduler} takes on the "
+            f"pipeline's {num_train_timesteps} training timesteps; valid: 1 to {limit}"
+        )

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from difftune.core.conditioning import class_names_of, is_conditional, null_label
+from difftune.core.options import check_step_count
 from difftune.core.prediction import predict_x0
 from difftune.errors import DifftuneError, is_int_at_least
 from difftune.guidance.guide import Guidance, alphas_at, apply_guidance
@@ -153,6 +154,7 @@ def set_timesteps(scheduler: Any, num_inference_steps: Any, device: Any = None) 
     n = num_inference_steps
     if not is_int_at_least(n, 1):  # diffusers divides by it
         raise DifftuneError(f"num_inference_steps={n}: expected >= 1 (an integer)")
+    check_step_count(n, scheduler.config.num_train_timesteps, type(scheduler).__name__)
     try:
         scheduler.set_timesteps(n, device=device)
     except ValueError as err:  # e.g. more steps than the training timesteps

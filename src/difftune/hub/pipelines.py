@@ -63,20 +63,28 @@ def _load(fn: Any, pretrained: str, what: str, key: str, **kwargs: Any) -> Any:
         ) from err
 
 
-def _unet_config(path: str, subfolder: str) -> dict[str, Any]:
-    """`<subfolder>/config.json`: a local pipeline's read as JSON (what diffusers' `load_config`
-    returns there, without importing diffusers), a hub id's through diffusers."""
-    local = Path(path).expanduser() / subfolder / "config.json"
+def _config(path: str, subfolder: str) -> dict[str, Any]:
+    """`unet/config.json` or `scheduler/scheduler_config.json`: a local pipeline's read as JSON
+    (what diffusers' `load_config` returns there, without importing diffusers), a hub id's
+    through diffusers."""
+    name = "scheduler_config.json" if subfolder == "scheduler" else "config.json"
+    local = Path(path).expanduser() / subfolder / name
     if local.is_file():
         return json.loads(local.read_text())
-    from diffusers import UNet2DModel
+    from diffusers import DDPMScheduler, UNet2DModel
 
-    return dict(UNet2DModel.load_config(path, subfolder=subfolder))
+    owner = DDPMScheduler if subfolder == "scheduler" else UNet2DModel
+    return dict(owner.load_config(path, subfolder=subfolder))
 
 
 def load_unet_config(pretrained: str, key: str = "model.pretrained") -> dict[str, Any]:
     """Read only `unet/config.json` (no weights), e.g. to validate `data.image_size` early."""
-    return _load(_unet_config, pretrained, "UNet config", key, subfolder="unet")
+    return _load(_config, pretrained, "UNet config", key, subfolder="unet")
+
+
+def load_scheduler_config(pretrained: str, key: str = "model.pretrained") -> dict[str, Any]:
+    """Read only `scheduler/scheduler_config.json`, e.g. to check a step count early."""
+    return _load(_config, pretrained, "scheduler config", key, subfolder="scheduler")
 
 
 def load_unet(pretrained: str, key: str = "model.pretrained") -> UNet2DModel:

@@ -7,9 +7,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from difftune.core.conditioning import class_label_id, class_names_of
+from difftune.core.options import check_step_count
 from difftune.errors import DifftuneError, require_int
 from difftune.guidance.options import check_guidance_config
-from difftune.hub.pipelines import load_unet_config
+from difftune.hub.pipelines import load_scheduler_config, load_unet_config
 from difftune.run.checks import check_device, check_image_size, check_seed
 
 PLOTS = ("schedules",)
@@ -35,7 +36,12 @@ def check_sample_config(cfg: DictConfig) -> None:
 
 def sampled_unet_config(cfg: DictConfig) -> tuple[dict[str, Any], int]:
     """`pretrained`'s UNet config (`unet/config.json` alone, no weights) and the image size to
-    sample (`image_size`, else the UNet's), checked against it."""
+    sample (`image_size`, else the UNet's), checked against it; the step count against its
+    scheduler's config."""
+    schedule = load_scheduler_config(cfg.pretrained, key="pretrained")
+    target = str(cfg.scheduler.get("_target_", ""))  # diffusers.DDIMScheduler.from_config
+    name = next((part for part in target.split(".") if part.endswith("Scheduler")), target)
+    check_step_count(cfg.num_inference_steps, schedule.get("num_train_timesteps", 1000), name)
     unet_config = load_unet_config(cfg.pretrained, key="pretrained")
     size = cfg.image_size or unet_config["sample_size"]
     check_image_size(size, unet_config, key="image_size")
