@@ -286,6 +286,19 @@ def test_a_pipeline_with_damaged_weights_says_so_whole(tiny_pipeline_dir):
     assert message.endswith("; its files are damaged or incomplete: export or download it again")
 
 
+def test_a_run_dir_without_its_pipeline_says_how_to_export_one(tmp_path):
+    """A run stopped before its export has checkpoints and no pipeline/: it said "damaged"."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    cfg = compose_sample(f"pretrained={tmp_path}", output_dir=tmp_path / "samples")
+    with pytest.raises(DifftuneError) as err:
+        sample_images(cfg)
+    assert str(err.value).endswith(
+        "; a training run without pipeline/ (it stopped before the export); export one of its "
+        f"checkpoints: python -m difftune.hub.export {tmp_path}/checkpoints/last.ckpt"
+    )
+
+
 def test_a_literal_interpolation_in_a_path_is_one_line(tmp_path, capsys):
     """An escaped `\\${` passes Hydra's command line; its instantiate resolved it again and
     raised InterpolationKeyError with a traceback."""

@@ -53,11 +53,19 @@ def _load(fn: Any, pretrained: str, what: str, key: str, **kwargs: Any) -> Any:
         return fn(path, **kwargs)
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        local = Path(path).expanduser()
         advice = (  # a local pipeline that is there but broken: the hub is not the way out
             "its files are damaged or incomplete: export or download it again"
-            if Path(path).expanduser().is_dir()
+            if local.is_dir()
             else offline_hint(key)
         )
+        if (local / "checkpoints").is_dir():  # a run stopped before its export
+            last = local / "checkpoints" / "last.ckpt"
+            advice = (
+                f"a training run without pipeline/ (it stopped before the export); export one "
+                f"of its checkpoints: python -m difftune.hub.export "
+                f"{last if last.is_file() else local / 'checkpoints' / '<step>.ckpt'}"
+            )
         raise DifftuneError(
             f"{key}='{pretrained}': could not load its {what} ({reason}); {advice}"
         ) from err
