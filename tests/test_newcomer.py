@@ -113,6 +113,11 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
             "data=imagefolder data.data_dir=src/difftune/conf",  # yaml files only
             "data.data_dir='src/difftune/conf' contains no image files (.jpg, .jpeg,",
         ),
+        (
+            "train.py",
+            "data=imagefolder data.data_dir=docs data.label_column=label",  # pictures, no classes
+            "data.data_dir='docs' holds ",
+        ),
         ("train.py", "data.style=sepia", "data.style='sepia' is not one of photo, vintage"),
         ("train.py", "model.conditioning=class", "model.conditioning=class needs labelled data"),
         ("train.py", "model.p_uncond=2", "model.p_uncond=2 must be in [0, 1)"),

@@ -237,20 +237,26 @@ def test_hf_errors_name_the_key_value_and_valid(tmp_path: Path) -> None:
         streamed.setup()
 
 
-def test_imagefolder_errors(tmp_path: Path) -> None:
+def test_imagefolder_errors_when_the_module_is_made(tmp_path: Path) -> None:
+    """The layout is checked before any image is listed or decoded (the preflight's check)."""
     flat = tmp_path / "flat"
-    flat.mkdir()
-    for i in range(3):
-        Image.new("RGB", (8, 8)).save(flat / f"img_{i}.png")
-    wanted = r"^data.data_dir='.*flat' has no sub-folders holding images: with data.label_column="
-    with pytest.raises(DifftuneError, match=wanted + "label each class is a sub-folder"):
-        labelled_module(source="imagefolder", data_dir=str(flat), label_column="label").setup()
+    (flat / "empty").mkdir(parents=True)  # a sub-folder without images is no class
+    (flat / "empty" / "notes.txt").write_text("not an image")
+    (flat / ".cache").mkdir()
+    Image.new("RGB", (8, 8)).save(flat / ".cache" / "thumb.png")  # hidden: no class either
+    (flat / "nested" / "deeper").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(flat / "nested" / "deeper" / "a.png")  # any depth: "nested"
+    module = labelled_module(source="imagefolder", data_dir=str(flat), label_column="label")
+    assert module.class_names == ["nested"]
+    Image.new("RGB", (8, 8)).save(flat / "loose.png")
+    wanted = r"^data.data_dir='.*flat' holds 1 images directly \(e.g. loose.png\): with data."
+    with pytest.raises(DifftuneError, match=wanted + "label_column=label every image goes in"):
+        labelled_module(source="imagefolder", data_dir=str(flat), label_column="label")
     mixed = write_classes(tmp_path / "mixed", {"ant": 2})
     for name in ("a_loose.png", "b_loose.jpg"):
         Image.new("RGB", (8, 8)).save(mixed / name)
-    dm = labelled_module(source="imagefolder", data_dir=str(mixed), label_column="label")
     with pytest.raises(DifftuneError, match=r"holds 2 images directly \(e.g. a_loose.png\)"):
-        _ = dm.class_names
+        labelled_module(source="imagefolder", data_dir=str(mixed), label_column="label")
     with pytest.raises(DifftuneError) as err:
         labelled_module(source="imagefolder", data_dir=str(mixed), label_column="style")
     assert str(err.value) == (

@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from difftune.errors import DifftuneError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (
@@ -57,3 +59,19 @@ def list_image_files(data_dir: str | Path) -> list[str]:
             data_dir, len(others), others[0].relative_to(root),
         )  # fmt: skip
     return [str(p) for p in sorted(files, key=lambda p: p.relative_to(root).as_posix())]
+
+
+def class_folders(data_dir: str | Path) -> list[str]:
+    """The classes of `data.label_column=label`: the first-level sub-folders of `data_dir` that
+    hold images (at any depth), sorted; one line when images lie directly in `data_dir` (they
+    would have no class)."""
+    root = Path(data_dir)
+    entries = sorted(e for e in root.iterdir() if not e.name.startswith("."))
+    loose = [e.name for e in entries if e.is_file() and is_image_file(e)]
+    if loose:
+        raise DifftuneError(
+            f"data.data_dir={str(data_dir)!r} holds {len(loose)} images directly (e.g. "
+            f"{loose[0]}): with data.label_column=label every image goes in the sub-folder of "
+            "its class (data_dir/<class>/<image>)"
+        )
+    return [e.name for e in entries if e.is_dir() and has_image_file(e)]

@@ -31,20 +31,9 @@ class Labelled(Dataset):
 
 
 def folder_labels(data_dir: str, files: Sequence[str]) -> tuple[list[int], list[str]]:
-    """Each image's class is its first-level sub-folder of `data_dir`: (ids, sorted names)."""
-    root = Path(data_dir)
-    parts = [Path(f).relative_to(root).parts for f in files]
-    loose = [p[0] for p in parts if len(p) == 1]
-    if len(loose) == len(parts):
-        raise DifftuneError(
-            f"data.data_dir={data_dir!r} has no sub-folders holding images: with "
-            "data.label_column=label each class is a sub-folder (data_dir/<class>/<image>)"
-        )
-    if loose:
-        raise DifftuneError(
-            f"data.data_dir={data_dir!r} holds {len(loose)} images directly (e.g. {loose[0]}): "
-            "with data.label_column=label every image goes in the sub-folder of its class"
-        )
+    """Each image's class is its first-level sub-folder of `data_dir`: (ids, sorted names);
+    `folders.class_folders` checked the layout when the module was made."""
+    parts = [Path(f).relative_to(data_dir).parts for f in files]
     names = sorted({p[0] for p in parts})
     ids = {name: i for i, name in enumerate(names)}
     return [ids[p[0]] for p in parts], names

@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from difftune.data.folders import IMAGE_EXTENSIONS, has_image_file
+from difftune.data.folders import IMAGE_EXTENSIONS, class_folders, has_image_file
 from difftune.errors import DifftuneError, require_int
 
 SOURCES = ("synthetic", "hf", "imagefolder")
@@ -54,6 +54,8 @@ def check_data_options(options: Mapping[str, Any]) -> None:
                 f"data.data_dir={data_dir!r} contains no image files "
                 f"({', '.join(IMAGE_EXTENSIONS)})"
             )
+        if options.get("label_column") == "label":
+            class_folders(Path(data_dir).expanduser())
 
 
 def style_tuple(style: str | Sequence[str]) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from difftune.core.attention import check_attention, check_matmul_precision
 from difftune.core.conditioning import check_conditioning
 from difftune.core.options import check_module_options
+from difftune.data.folders import class_folders
 from difftune.data.options import check_data_options
 from difftune.errors import DifftuneError, is_int_at_least
 from difftune.guidance.options import check_guidance_config
@@ -133,12 +134,15 @@ def check_train_values(cfg: DictConfig) -> None:
         model.get("snr_gamma"), model.get("noise_offset", 0.0), model.get("class_embedding_lr"),
         **{k: model.get(k, False) for k in ("gradient_checkpointing", "channels_last", "compile")},
     )  # fmt: skip
-    if str(cfg.data.get("_target_", "")).endswith("ImageDataModule"):
+    ours = str(cfg.data.get("_target_", "")).endswith("ImageDataModule")
+    if ours:
         check_data_options(cfg.data)
     check_guidance_config(cfg.get("guidance"))  # the sample grids' guided panels
     unet_config = unet_config_of(cfg.model)  # a hub id's through diffusers
     check_image_size(cfg.data.get("image_size"), unet_config)
     labelled = [] if cfg.data.get("label_column") else None  # the names come with the data
+    if ours and cfg.data.get("source") == "imagefolder" and cfg.data.get("label_column"):
+        labelled = class_folders(Path(cfg.data.data_dir).expanduser())  # a class each
     check_conditioning(
         unet_config, cfg.model.get("conditioning"), labelled, cfg.model.get("p_uncond", 0.1)
     )
