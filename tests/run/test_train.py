@@ -190,6 +190,26 @@ def test_push_to_hub_without_repo_id_is_rejected_first(tmp_path):
         train(compose_train("push_to_hub=true", output_dir=tmp_path))
 
 
+def test_a_cosine_schedule_of_a_run_bounded_by_epochs_decays_over_its_steps(tmp_path):
+    """`trainer.max_steps=-1 trainer.max_epochs=2`: the cosine's length is the run's 6 optimizer
+    steps. Before, diffusers took num_training_steps=-1 as the length, and after the warm-up the
+    lr went from full to 0 and back at every step."""
+    cfg = compose_train(
+        "model/lr_scheduler=cosine", "model.lr_scheduler.num_warmup_steps=2",
+        "trainer.log_every_n_steps=1", "data.num_images=12", "data.val_size=0",
+        "data.batch_size=2", "trainer.accumulate_grad_batches=2", output_dir=tmp_path,
+    )  # fmt: skip
+    cfg = shrink(cfg, steps=6)
+    with open_dict(cfg):
+        cfg.trainer.update(max_steps=-1, max_epochs=2)  # 12 images, 2 a batch, 2 batches a step
+    train(cfg)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    lr = {int(r["step"]): float(r["lr-AdamW"]) for r in rows if r["lr-AdamW"]}
+    cosine = [s / 2 if s < 2 else 0.5 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in range(6)]
+    assert lr == pytest.approx({s: 3e-4 * w for s, w in enumerate(cosine)}, rel=1e-6)
+
+
 def test_metrics_follow_the_lr_and_ema_schedules_and_val_loss_is_the_emas(tmp_path):
     """metrics.csv's lr and ema/decay per step against their formulas; val/loss is the loss of
     the EMA weights (which the export holds); final_metrics.json is every metric's last value."""

@@ -106,6 +106,12 @@ def test_a_package_the_config_needs_is_one_line_naming_the_key_that_asked(
         ("resume=maybe", "resume='maybe' must be true or false"),
         ("model/lr_scheduler=cosine model.lr_scheduler.num_warmup_steps=-5",
          "model.lr_scheduler.num_warmup_steps=-5 must be an integer >= 0"),
+        ("model/lr_scheduler=cosine trainer.max_steps=-1", "model.lr_scheduler.num_training_steps"
+         "=-1 (trainer.max_steps=-1) with trainer.max_epochs=-1: the schedule decays over the "
+         "run's length, and this run has none; set trainer.max_steps=N or trainer.max_epochs=N"),
+        ("model/lr_scheduler=cosine model.lr_scheduler.num_training_steps=0",
+         "model.lr_scheduler.num_training_steps=0 must be an integer >= 1, or -1 (the run's "
+         "length in optimizer steps, from trainer.max_epochs)"),
         ("model.pretrained=null", "model.pretrained=None: this model loads its UNet from a "
          "pipeline; pass one (model.pretrained=<hub id or dir>), or use model=scratch"),
         ("ckpt_path=.", "ckpt_path=. is a directory; pass the path of a .ckpt file (e.g. "

@@ -1,5 +1,6 @@
 """`DiffusionFineTuner`: the DDPM objective (Ho et al. 2020, Alg. 1) as a LightningModule."""
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -267,7 +268,13 @@ class DiffusionFineTuner(LightningModule):
         optimizer = self.optimizer_factory(self.parameter_groups())
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        factory = self.lr_scheduler_factory
+        if getattr(factory, "keywords", {}).get("num_training_steps") == -1:  # max_steps=-1
+            # the length of an epoch-bounded run; diffusers' cosine took -1 as a length and
+            # turned the lr from full to 0 and back at every step after the warm-up
+            length = self.trainer.estimated_stepping_batches  # optimizer steps, accumulation in
+            factory = functools.partial(factory, num_training_steps=int(length))
+        scheduler = factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -100,8 +100,21 @@ def check_trainer_keys(cfg: DictConfig) -> None:
     resume = cfg.get("resume", False)
     if not isinstance(resume, bool):
         raise DifftuneError(f"resume={resume!r} must be true or false")
-    warmup = (cfg.model.get("lr_scheduler") or {}).get("num_warmup_steps", 0)
+    schedule = cfg.model.get("lr_scheduler") or {}
+    warmup = schedule.get("num_warmup_steps", 0)
     if not is_int_at_least(warmup, 0):
         raise DifftuneError(
             f"model.lr_scheduler.num_warmup_steps={warmup!r} must be an integer >= 0"
+        )
+    length = schedule.get("num_training_steps")  # cosine: ${trainer.max_steps}
+    if length is not None and not (is_int_at_least(length, 1) or length == -1):
+        raise DifftuneError(
+            f"model.lr_scheduler.num_training_steps={length!r} must be an integer >= 1, or -1 "
+            "(the run's length in optimizer steps, from trainer.max_epochs)"
+        )
+    if length == -1 and trainer.get("max_epochs") == -1:
+        raise DifftuneError(
+            "model.lr_scheduler.num_training_steps=-1 (trainer.max_steps=-1) with "
+            "trainer.max_epochs=-1: the schedule decays over the run's length, and this run has "
+            "none; set trainer.max_steps=N or trainer.max_epochs=N"
         )
