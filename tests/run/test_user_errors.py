@@ -14,6 +14,7 @@ import difftune.hub.pipelines as pipeline_io
 import difftune.run.sample_images as generate_module
 import difftune.run.train as train_module
 from difftune.errors import DifftuneError
+from difftune.run.checks import check_train_values
 from difftune.run.preflight import check_command_line
 from difftune.run.sample_images import sample_images
 from difftune.run.train import train
@@ -317,3 +318,19 @@ def test_a_literal_interpolation_in_a_path_is_one_line(tmp_path, capsys):
         "again when it builds the object, so a literal '${' cannot be passed (link the path to "
         "one without it)"
     )
+
+
+def test_a_warm_up_longer_than_the_run_is_said_once_before_it_trains(tmp_path):
+    """A quick try of a config made for a long run (warm-up 100, `trainer.max_steps=50`) trained
+    at a lr that never left its warm-up, without a word."""
+    long = compose_train("model/lr_scheduler=cosine", "trainer.max_steps=50", output_dir=tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        check_train_values(long)
+    assert [str(w.message) for w in caught] == [
+        "model.lr_scheduler.num_warmup_steps=100 >= trainer.max_steps=50: the lr never leaves "
+        "its warm-up (it ends at 50% of model.optimizer.lr)"
+    ]
+    short = compose_train("model/lr_scheduler=cosine", "trainer.max_steps=101", output_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_train_values(short)

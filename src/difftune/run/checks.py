@@ -129,6 +129,14 @@ def check_train_values(cfg: DictConfig) -> None:
             "use hardware=cpu (32-true) unless you are measuring it",
             stacklevel=3,
         )
+    warmup = (cfg.model.get("lr_scheduler") or {}).get("num_warmup_steps", 0)
+    steps = cfg.trainer.get("max_steps", -1)
+    if warmup and steps > 0 and warmup >= steps:  # a quick try of an article's config, often
+        warnings.warn(
+            f"model.lr_scheduler.num_warmup_steps={warmup} >= trainer.max_steps={steps}: the lr "
+            f"never leaves its warm-up (it ends at {steps / warmup:.0%} of model.optimizer.lr)",
+            stacklevel=3,
+        )
     model = cfg.model
     check_module_options(
         model.get("snr_gamma"), model.get("noise_offset", 0.0), model.get("class_embedding_lr"),
