@@ -135,3 +135,39 @@ def test_a_slurm_sweep_where_there_is_no_slurm_names_the_local_launcher(tmp_path
     )
     here = ["-m", "hydra/launcher=submitit_local", *args[2:]]
     check_command_line(CONF, "train", here)  # that one passes
+
+
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [
+        ("train", ["sweep=cfg_scale"], "sweep=cfg_scale: not a sweep of train.py (it sweeps "
+         "cfg_scale, a key train.py has not); train.py's sweeps: guidance_scale, lr, lr_optuna"),
+        ("sample", ["sweep=lr"], "sweep=lr: not a sweep of sample.py (it sets keys or config "
+         "groups sample.py has not); sample.py's sweeps: cfg_scale, guidance_scale"),
+        ("train", ["model=_base"], "model=_base: no such option; valid: ddpm_bedroom_256, "
+         "ddpm_celebahq_256, pretrained, scratch, tiny_base, wikiart_from_bedrooms"),
+    ],
+)  # fmt: skip
+def test_the_other_scripts_sweep_and_a_base_config_are_one_line(script, argv, message):
+    """Before: Hydra's five lines and exit 1 (train.py sweep=cfg_scale), "callbacks: no such
+    key" (sample.py sweep=lr), a traceback (model=_base, a file the models build on)."""
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, script, argv)
+    assert str(err.value) == message
+
+
+def test_a_sweep_a_config_sets_checks_each_of_its_jobs(tmp_path):
+    """sweep=guidance_scale sweeps guidance.scale 0,20,40,80 itself: each job is composed and
+    checked with its own value, as the jobs of a command-line sweep are."""
+    seen = []
+
+    def check(cfg, job_dir, key):
+        seen.append((cfg.guidance.scale, job_dir.name))
+        JOB_CHECKS["sample"](cfg, job_dir, key)
+
+    check_command_line(CONF, "sample", ["sweep=guidance_scale", f"hydra.sweep.dir={tmp_path}"],
+                       check)  # fmt: skip
+    assert seen == [(0, "0"), (20, "1"), (40, "2"), (80, "3")]
+    with pytest.raises(DifftuneError, match=r"^guidance.target_rgb=\[2, 0, 0\]: expected 3"):
+        check_command_line(CONF, "sample", ["sweep=guidance_scale", "guidance.target_rgb=[2,0,0]",
+                                            f"hydra.sweep.dir={tmp_path}"], check)  # fmt: skip

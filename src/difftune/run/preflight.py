@@ -213,6 +213,72 @@ def group_value_hint(parsed: list[Override], config_dir: Path) -> str | None:
     return None
 
 
+def private_option_hint(parsed: list[Override], config_dir: Path) -> str | None:
+    """One line for a config group option whose name starts with `_` (`model=_base`): a file the
+    other options build on, not one to run."""
+    for override in parsed:
+        key, value = override.get_key_element().lstrip("+~"), override.value()
+        group = config_dir / key
+        if group.is_dir() and isinstance(value, str) and value.startswith("_"):
+            options = sorted(p.stem for p in group.glob("*.yaml") if not p.stem.startswith("_"))
+            return f"{override.input_line}: no such option; valid: {', '.join(options)}"
+    return None
+
+
+def script_sweeps(config_dir: Path, config_name: str) -> list[str]:
+    """The `sweep=` options of this script: those that compose with its config and sweep only
+    keys it has (cfg_scale is sample.py's; model.optimizer.lr is train.py's)."""
+    names = []
+    for option in sorted(p.stem for p in (config_dir / "sweep").glob("*.yaml")):
+        cfg = _sweep_config(config_dir, config_name, [f"sweep={option}"])
+        if cfg is not None and _missing_param(cfg) is None:
+            names.append(option)
+    return names
+
+
+def _missing_param(cfg: DictConfig) -> str | None:
+    """The first key of the config's own sweep (`hydra.sweeper.params`) that the config has not."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    return next((k for k in params if OmegaConf.select(cfg, k, default=_NONE) is _NONE), None)
+
+
+_NONE = object()
+
+
+def check_sweep_choice(
+    parsed: list[Override], base: DictConfig | None, config_dir: Path, config_name: str
+) -> None:
+    """`sweep=<option>` is one of this script's: it composes here (sample.py has no
+    `callbacks` for sweep=lr to set) and sweeps keys this config has (train.py has no
+    `cfg_scale`); one line with this script's sweeps otherwise."""
+    choice = next((o for o in parsed if o.get_key_element().lstrip("+") == "sweep"), None)
+    if choice is None or not (config_dir / "sweep" / f"{choice.value()}.yaml").is_file():
+        return  # none, or not an option: the composition names the valid ones
+    if base is None:  # the sweep's doing, when the rest composes without it
+        rest = [o.input_line for o in parsed if o is not choice and not o.is_sweep_override()]
+        if _sweep_config(config_dir, config_name, rest) is None:
+            return  # something else: the jobs' checks name it
+        why = f"it sets keys or config groups {config_name}.py has not"
+    else:
+        missing = _missing_param(base)
+        if missing is None:
+            return
+        why = f"it sweeps {missing}, a key {config_name}.py has not"
+    valid = ", ".join(script_sweeps(config_dir, config_name)) or "none"
+    raise DifftuneError(
+        f"sweep={choice.value()}: not a sweep of {config_name}.py ({why}); {config_name}.py's "
+        f"sweeps: {valid}"
+    )
+
+
+def config_sweeps(base: DictConfig, given: set[str]) -> list[Override]:
+    """The sweep a config sets itself (`hydra.sweeper.params`, e.g. sweep=lr), as overrides, for
+    the keys the command line does not sweep: each of their jobs is checked too."""
+    params = OmegaConf.select(base, "hydra.sweeper.params") or {}
+    parser = OverridesParser.create()
+    return [parser.parse_override(f"{k}={v}") for k, v in params.items() if k not in given]
+
+
 def check_command_line(
     config_dir: Path,
     config_name: str,
@@ -229,13 +295,20 @@ def check_command_line(
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except OverrideParseException as err:
         raise DifftuneError(quoting_hint(err)) from err
+    hint = private_option_hint(parsed, config_dir)
+    if hint is not None:
+        raise DifftuneError(hint)
     sweeps = [o for o in parsed if o.is_sweep_override()]
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
-    base = _sweep_config(config_dir, config_name, plain) if sweeps else None
+    base = _sweep_config(config_dir, config_name, plain)
+    check_sweep_choice(parsed, base, config_dir, config_name)
     # a config may set MULTIRUN itself (sweep=lr_optuna): its sweeps need no -m
     multirun = bool(args.multirun) or base is not None and str(base.hydra.mode).endswith("MULTIRUN")
     if sweeps and not multirun:
         raise DifftuneError(comma_hint(sweeps[0], base))
+    if multirun and base is not None:
+        given = {o.get_key_element().lstrip("+~") for o in parsed}
+        parsed = [*parsed, *config_sweeps(base, given)]
     parsed = [_interval_ends(o, base) for o in parsed]
     jobs = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0] if parsed else [[]]
     previous = HydraConfig.instance().cfg  # restored after: the checks leave no Hydra state
