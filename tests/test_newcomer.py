@@ -138,7 +138,7 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
             "guidance.schedule='cosine': expected one of none, alpha_bar, sqrt_alpha_bar",
         ),
         ("sample.py", "guidance=clip guidance.n_cuts=0", "guidance.n_cuts=0: expected an integer"),
-        ("sample.py", "guidance=[color,clip]", "guidance=[color,clip]: Hydra merges a list of"),
+        ("sample.py", "scheduler=[ddim,ddpm]", "scheduler=[ddim,ddpm]: Hydra merges a list of"),
         ("train.py", "guidance=color guidance.target_rgb=[1,2]", "guidance.target_rgb=[1, 2]: ex"),
     ],
 )

@@ -6,10 +6,11 @@ import pytest
 import difftune.run.preflight as preflight
 from difftune.errors import DifftuneError
 from difftune.guidance import ColorLoss, GuidanceError
+from difftune.run.cli import multirun_flag_first
 from difftune.run.job_checks import JOB_CHECKS
 from difftune.run.preflight import check_command_line
 from helpers.cli import run_cli
-from helpers.compose import CONF, compose_sample
+from helpers.compose import CONF, compose_sample, compose_train
 
 
 def test_sweep_over_an_unknown_key_is_one_line_before_any_job(tmp_path):
@@ -171,3 +172,40 @@ def test_a_sweep_a_config_sets_checks_each_of_its_jobs(tmp_path):
     with pytest.raises(DifftuneError, match=r"^guidance.target_rgb=\[2, 0, 0\]: expected 3"):
         check_command_line(CONF, "sample", ["sweep=guidance_scale", "guidance.target_rgb=[2,0,0]",
                                             f"hydra.sweep.dir={tmp_path}"], check)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "script, group, options",
+    [("sample", "scheduler", "ddim,ddpm"), ("sample", "guidance", "color,clip"),
+     ("train", "hardware", "cpu,gpu"), ("train", "data", "synthetic,imagefolder")],
+)  # fmt: skip
+def test_a_list_of_single_things_is_one_line_naming_the_sweep(script, group, options):
+    """Hydra merges `scheduler=[ddim,ddpm]` into one scheduler, the last one's: sample.py ran
+    DDPM without a word; `guidance=[color,clip]` built CLIP guidance with a colour key."""
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, script, [f"{group}=[{options}]"])
+    assert str(err.value) == (
+        f"{group}=[{options}]: Hydra merges a list of options into one {group} (the last one's "
+        f"settings win where they overlap); pick one, or run each: -m {group}={options}"
+    )
+
+
+@pytest.mark.parametrize("overrides", [["logger=[csv,tensorboard]"], ["callbacks=[default,kid]"]])
+def test_a_list_of_named_entries_composes_them_all(overrides, tmp_path):
+    """Loggers and callbacks are sets of named entries: a list takes them all."""
+    check_command_line(CONF, "train", [*overrides, f"hydra.run.dir={tmp_path}"])
+    cfg = compose_train(*overrides, output_dir=tmp_path)
+    names = {"logger": {"csv", "tensorboard"}, "callbacks": {"kid", "sample_grid"}}
+    group = overrides[0].split("=")[0]
+    assert names[group] <= set(cfg[group])
+
+
+def test_m_after_the_overrides_is_a_sweep_as_before_them(tmp_path):
+    """Hydra's parser took `seed=0,1 -m lr=...` as `unrecognized arguments` (usage, two lines);
+    `-m` anywhere is the sweep flag, so the sweep's bad value is the line a user gets."""
+    result = run_cli("seed=0,1", "-m", "model.optimizer.lr=-1", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: model.optimizer.lr=-1 must be a number > 0 and finite (fine-tuning uses ~1e-5)"
+    ]
+    assert multirun_flag_first(["a=1", "--multirun", "b=2"]) == ["--multirun", "a=1", "b=2"]

@@ -114,6 +114,13 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def multirun_flag_first(argv: list[str]) -> list[str]:
+    """`-m` / `--multirun` moved before the overrides: Hydra's parser takes the overrides as one
+    run of words, so `train.py hardware=cpu -m seed=0,1` was `unrecognized arguments: seed=0,1`."""
+    flags = [a for a in argv if a in ("-m", "--multirun")]
+    return [*flags, *(a for a in argv if a not in flags)]
+
+
 def preflight(config_dir: Path, config_name: str, argv: list[str]) -> None:
     """Check every job of the command line before Hydra starts; a bad one exits 2 in one line."""
     if full_trace():  # DEBUG=1: Hydra's own reports (an object it cannot build) in full too

@@ -225,6 +225,39 @@ def private_option_hint(parsed: list[Override], config_dir: Path) -> str | None:
     return None
 
 
+def _one_object(option: Path) -> bool:
+    """Whether a group's option file configures one thing (`_target_`, or plain settings at its
+    top), not a set of named entries (a logger or callback each) or a `_global_` package."""
+    text = option.read_text()
+    if "@package _global_" in text:
+        return False
+    node = OmegaConf.load(option)
+    return isinstance(node, DictConfig) and any(
+        k != "defaults"
+        and not isinstance(v, DictConfig)
+        and not OmegaConf.is_interpolation(node, k)
+        for k, v in node.items_ex(resolve=False)
+    )  # an entry may be an interpolation (callbacks' `ema: ${oc.select:ema,null}`)
+
+
+def list_option_hint(parsed: list[Override], config_dir: Path) -> str | None:
+    """One line for a list given to a group of single things (`scheduler=[ddim,ddpm]`): Hydra
+    merges the options into one (the last one's settings win), which is no option at all."""
+    for override in parsed:
+        key, value = override.get_key_element().lstrip("+~"), override.value()
+        group = config_dir / key
+        if not (group.is_dir() and isinstance(value, list) and len(value) > 1):
+            continue
+        files = [group / f"{option}.yaml" for option in value]
+        if all(f.is_file() for f in files) and any(_one_object(f) for f in files):
+            return (
+                f"{key}=[{','.join(map(str, value))}]: Hydra merges a list of options into one "
+                f"{key} (the last one's settings win where they overlap); pick one, or run each: "
+                f"-m {key}={','.join(map(str, value))}"
+            )
+    return None
+
+
 def script_sweeps(config_dir: Path, config_name: str) -> list[str]:
     """The `sweep=` options of this script: those that compose with its config and sweep only
     keys it has (cfg_scale is sample.py's; model.optimizer.lr is train.py's)."""
@@ -295,7 +328,7 @@ def check_command_line(
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except OverrideParseException as err:
         raise DifftuneError(quoting_hint(err)) from err
-    hint = private_option_hint(parsed, config_dir)
+    hint = private_option_hint(parsed, config_dir) or list_option_hint(parsed, config_dir)
     if hint is not None:
         raise DifftuneError(hint)
     sweeps = [o for o in parsed if o.is_sweep_override()]
