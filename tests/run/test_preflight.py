@@ -209,3 +209,22 @@ def test_m_after_the_overrides_is_a_sweep_as_before_them(tmp_path):
         "error: model.optimizer.lr=-1 must be a number > 0 and finite (fine-tuning uses ~1e-5)"
     ]
     assert multirun_flag_first(["a=1", "--multirun", "b=2"]) == ["--multirun", "a=1", "b=2"]
+
+
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [
+        ("sample", ["guidance.scale=3"], "guidance.scale=3: this run has no guidance, so no "
+         "guidance.scale; choose one first: guidance=clip guidance.scale=3 (guidance options: "
+         "clip, color)"),
+        ("train", ["-m", "ema.decay=0.9,0.99"], "ema.decay=0.9,0.99: this run has no ema, so no "
+         "ema.decay; choose one first: ema=default ema.decay=0.9,0.99 (ema options: default)"),
+    ],
+)  # fmt: skip
+def test_a_key_of_a_group_the_run_has_not_chosen_says_choose_one(script, argv, message):
+    """Hydra's advice was `+guidance.scale=3`, which adds a stray key and still no guidance."""
+    with pytest.raises(DifftuneError) as err:
+        check_command_line(CONF, script, argv)
+    assert str(err.value) == message
+    with pytest.raises(DifftuneError, match=r"^guidance.prompt=x: no such key; '\+guidance"):
+        check_command_line(CONF, "sample", ["guidance=color", "guidance.prompt=x"])  # chosen

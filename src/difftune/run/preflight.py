@@ -312,6 +312,32 @@ def config_sweeps(base: DictConfig, given: set[str]) -> list[Override]:
     return [parser.parse_override(f"{k}={v}") for k, v in params.items() if k not in given]
 
 
+def group_off_hint(
+    err: Exception, plain: list[str], given: list[str], config_dir: Path, config_name: str
+) -> str | None:
+    """One line for a key of a config group that this run has not chosen (`guidance.scale=3`
+    with guidance=none, `ema.decay=0.9` without ema=default): Hydra said "no such key; use
+    +guidance.scale", which adds a stray key and no guidance."""
+    unknown = re.search(r"Could not override '([^']+)'", str(err))
+    key = unknown.group(1) if unknown else ""
+    head = key.split(".")[0]
+    if "." not in key or not (config_dir / head).is_dir():
+        return None
+    rest = [o for o in plain if o.split("=", 1)[0].lstrip("+~") != key]
+    cfg = _sweep_config(config_dir, config_name, rest)
+    if cfg is None or OmegaConf.select(cfg, head) is not None:
+        return None  # the group is chosen: its option has no such key
+    given_as = next((o for o in given if o.split("=", 1)[0].lstrip("+~") == key), key)
+    options = sorted(
+        p.stem for p in (config_dir / head).glob("*.yaml") if p.stem not in ("none",)
+        and not p.stem.startswith("_")
+    )  # fmt: skip
+    return (
+        f"{given_as}: this run has no {head}, so no {key}; choose one first: "
+        f"{head}={options[0]} {given_as} ({head} options: {', '.join(options)})"
+    )
+
+
 def check_command_line(
     config_dir: Path,
     config_name: str,
@@ -366,7 +392,8 @@ def check_command_line(
             raise
         raise DifftuneError(hint) from None
     except (ConfigCompositionException, MissingConfigException, OmegaConfBaseException) as err:
-        raise DifftuneError(_one_line(err, list(args.overrides), config_name)) from None
+        hint = group_off_hint(err, plain, list(args.overrides), config_dir, config_name)
+        raise DifftuneError(hint or _one_line(err, list(args.overrides), config_name)) from None
     except HydraException as err:
         raise DifftuneError(_one_line(err, list(args.overrides), config_name)) from None
     finally:
