@@ -121,6 +121,16 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
         ("train.py", "data.style=sepia", "data.style='sepia' is not one of photo, vintage"),
         ("train.py", "model.conditioning=class", "model.conditioning=class needs labelled data"),
         ("train.py", "model.p_uncond=2", "model.p_uncond=2 must be in [0, 1)"),
+        (
+            "train.py",
+            "model=scratch model.unet.block_out_channels=[64,128,256]",  # 2 lists still have 4
+            "model.unet.block_out_channels=[64, 128, 256], model.unet.down_block_types=['Down",
+        ),
+        (
+            "train.py",
+            "model=scratch model.unet.block_out_channels=[48,64,64,128]",
+            "model.unet.norm_num_groups=32 does not divide model.unet.block_out_channels=[48, 64",
+        ),
         ("sample.py", "num_images=0", "num_images=0 must be an integer >= 1"),
         ("sample.py", "image_size=33", "image_size=33 cannot go through this UNet"),
         ("sample.py", "pretrained=/no/dir", "pretrained='/no/dir': no such directory"),

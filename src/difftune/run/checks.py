@@ -54,7 +54,30 @@ def unet_config_of(model_cfg: DictConfig) -> dict[str, Any]:
             f"model.pretrained={model_cfg.get('pretrained')}: this model loads its UNet from a "
             "pipeline; pass one (model.pretrained=<hub id or dir>), or use model=scratch"
         )
-    return dict(model_cfg.unet)
+    unet = dict(model_cfg.unet)
+    check_architecture(unet)
+    return unet
+
+
+def check_architecture(unet: dict[str, Any]) -> None:
+    """A `model=scratch` UNet2DModel that diffusers would refuse (after torch and Lightning
+    loaded): one entry per resolution in each list, channels its GroupNorm can split."""
+    lists = ("block_out_channels", "down_block_types", "up_block_types")
+    lengths = {key: len(unet.get(key) or ()) for key in lists}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"model.unet.{k}={list(unet.get(k) or ())}" for k in lists)
+        raise DifftuneError(
+            f"{shown}: {'/'.join(map(str, lengths.values()))} entries; give each list one "
+            "entry per resolution (the same number)"
+        )
+    groups = unet.get("norm_num_groups", 32)  # UNet2DModel's default
+    uneven = [c for c in unet.get("block_out_channels") or () if c % groups]
+    _require(
+        not uneven,
+        f"model.unet.norm_num_groups={groups} does not divide model.unet.block_out_channels="
+        f"{list(unet.get('block_out_channels'))} ({uneven[0] if uneven else ''} channels); use "
+        "multiples of it, or set model.unet.norm_num_groups",
+    )
 
 
 def check_image_size(
