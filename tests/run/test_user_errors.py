@@ -306,6 +306,20 @@ def test_a_run_dir_without_its_pipeline_says_how_to_export_one(tmp_path):
     )
 
 
+def test_a_folder_of_runs_as_the_pipeline_names_a_run_in_it(tiny_pipeline_dir, tmp_path):
+    """`pretrained=outputs/train` (the runs' parent): it said the files were damaged."""
+    (tmp_path / "runs" / "2026-11-27_10-00-00").mkdir(parents=True)
+    (tmp_path / "runs" / "2026-11-27_10-00-00" / "pipeline").symlink_to(tiny_pipeline_dir)
+    cfg = compose_sample(f"pretrained={tmp_path / 'runs'}", output_dir=tmp_path / "samples")
+    with pytest.raises(DifftuneError) as err:
+        sample_images(cfg)
+    assert str(err.value).endswith(
+        "; not a pipeline dir (no model_index.json): pass a run dir, its pipeline/, or a dir that "
+        f"DDPMPipeline.save_pretrained wrote; here, runs such as {tmp_path}/runs/"
+        "2026-11-27_10-00-00"
+    )
+
+
 def test_a_literal_interpolation_in_a_path_is_one_line(tmp_path, capsys):
     """An escaped `\\${` passes Hydra's command line; its instantiate resolved it again and
     raised InterpolationKeyError with a traceback."""

@@ -53,22 +53,32 @@ def _load(fn: Any, pretrained: str, what: str, key: str, **kwargs: Any) -> Any:
         return fn(path, **kwargs)
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        local = Path(path).expanduser()
-        advice = (  # a local pipeline that is there but broken: the hub is not the way out
-            "its files are damaged or incomplete: export or download it again"
-            if local.is_dir()
-            else offline_hint(key)
-        )
-        if (local / "checkpoints").is_dir():  # a run stopped before its export
-            last = local / "checkpoints" / "last.ckpt"
-            advice = (
-                f"a training run without pipeline/ (it stopped before the export); export one "
-                f"of its checkpoints: python -m difftune.hub.export "
-                f"{last if last.is_file() else local / 'checkpoints' / '<step>.ckpt'}"
-            )
         raise DifftuneError(
-            f"{key}='{pretrained}': could not load its {what} ({reason}); {advice}"
+            f"{key}='{pretrained}': could not load its {what} ({reason}); "
+            f"{_advice(Path(path).expanduser(), key)}"
         ) from err
+
+
+def _advice(local: Path, key: str) -> str:
+    """What to do about a pipeline that did not load: a run stopped before its export, a dir
+    that is no pipeline (a folder of runs, say), a damaged one, or one not on this disk."""
+    if not local.is_dir():
+        return offline_hint(key)
+    if (local / "checkpoints").is_dir():  # a run stopped before its export
+        last = local / "checkpoints" / "last.ckpt"
+        return (
+            f"a training run without pipeline/ (it stopped before the export); export one "
+            f"of its checkpoints: python -m difftune.hub.export "
+            f"{last if last.is_file() else local / 'checkpoints' / '<step>.ckpt'}"
+        )
+    if not (local / "model_index.json").is_file() and not (local / "unet").is_dir():
+        runs = sorted(p for p in local.iterdir() if (p / "pipeline" / "model_index.json").is_file())
+        return (
+            "not a pipeline dir (no model_index.json): pass a run dir, its pipeline/, or a dir "
+            "that DDPMPipeline.save_pretrained wrote"
+            + (f"; here, runs such as {runs[-1]}" if runs else "")
+        )
+    return "its files are damaged or incomplete: export or download it again"
 
 
 def _config(path: str, subfolder: str) -> dict[str, Any]:
