@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -293,31 +294,33 @@ def test_a_pipeline_with_damaged_weights_says_so_whole(tiny_pipeline_dir):
     assert message.endswith("; its files are damaged or incomplete: export or download it again")
 
 
-def test_a_run_dir_without_its_pipeline_says_how_to_export_one(tmp_path):
-    """A run stopped before its export has checkpoints and no pipeline/: it said "damaged"."""
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
-    cfg = compose_sample(f"pretrained={tmp_path}", output_dir=tmp_path / "samples")
-    with pytest.raises(DifftuneError) as err:
-        sample_images(cfg)
-    assert str(err.value).endswith(
-        "; a training run without pipeline/ (it stopped before the export); export one of its "
-        f"checkpoints: python -m difftune.hub.export {tmp_path}/checkpoints/last.ckpt"
+def unexported_run(root: Path, pipeline: Path) -> tuple[Path, str]:
+    """A run stopped before its export: checkpoints, no pipeline/ (it said "damaged")."""
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "last.ckpt").write_bytes(b"")
+    return root, (
+        "a training run without pipeline/ (it stopped before the export); export one of its "
+        f"checkpoints: python -m difftune.hub.export {root}/checkpoints/last.ckpt"
     )
 
 
-def test_a_folder_of_runs_as_the_pipeline_names_a_run_in_it(tiny_pipeline_dir, tmp_path):
-    """`pretrained=outputs/train` (the runs' parent): it said the files were damaged."""
-    (tmp_path / "runs" / "2026-11-27_10-00-00").mkdir(parents=True)
-    (tmp_path / "runs" / "2026-11-27_10-00-00" / "pipeline").symlink_to(tiny_pipeline_dir)
-    cfg = compose_sample(f"pretrained={tmp_path / 'runs'}", output_dir=tmp_path / "samples")
+def folder_of_runs(root: Path, pipeline: Path) -> tuple[Path, str]:
+    """`pretrained=outputs/train`, the runs' parent (it said "damaged" too)."""
+    (root / "2026-11-27_10-00-00").mkdir(parents=True)
+    (root / "2026-11-27_10-00-00" / "pipeline").symlink_to(pipeline)
+    return root, (
+        "not a pipeline dir (no model_index.json): pass a run dir, its pipeline/, or a dir that "
+        f"DDPMPipeline.save_pretrained wrote; here, runs such as {root}/2026-11-27_10-00-00"
+    )
+
+
+@pytest.mark.parametrize("make", [unexported_run, folder_of_runs])
+def test_a_dir_that_is_no_pipeline_says_what_to_pass(make, tiny_pipeline_dir, tmp_path):
+    pretrained, advice = make(tmp_path / "given", tiny_pipeline_dir)
+    cfg = compose_sample(f"pretrained={pretrained}", output_dir=tmp_path / "samples")
     with pytest.raises(DifftuneError) as err:
         sample_images(cfg)
-    assert str(err.value).endswith(
-        "; not a pipeline dir (no model_index.json): pass a run dir, its pipeline/, or a dir that "
-        f"DDPMPipeline.save_pretrained wrote; here, runs such as {tmp_path}/runs/"
-        "2026-11-27_10-00-00"
-    )
+    assert str(err.value).endswith(f"; {advice}")
 
 
 def test_a_literal_interpolation_in_a_path_is_one_line(tmp_path, capsys):
