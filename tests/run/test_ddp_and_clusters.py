@@ -33,6 +33,8 @@ def test_ddp_cpu_two_processes_write_one_run(tmp_path):
     log = (tmp_path / "train.log").read_text()
     assert "effective batch 32 (world size 2)" in log
     assert (tmp_path / "train_ddp_process_1.log").is_file()  # the second rank ran
+    other = (tmp_path / "train_ddp_process_1.log").read_text()  # the run's summary: rank 0's
+    assert "fit took" in log and "fit took" not in other and "effective batch" not in other
     hparams = (tmp_path / "hparams.yaml").read_text()
     assert "effective_batch: 32" in hparams and "world_size: 2" in hparams
     with open(tmp_path / "metrics.csv") as f:
