@@ -123,6 +123,11 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
         ("train.py", "model.p_uncond=2", "model.p_uncond=2 must be in [0, 1)"),
         (
             "train.py",
+            "experiment=conditional data.style=photo",  # one style: one class
+            "model.conditioning=class: the data has one class (photo); a class-conditional",
+        ),
+        (
+            "train.py",
             "model=scratch model.unet.block_out_channels=[64,128,256]",  # 2 lists still have 4
             "model.unet.block_out_channels=[64, 128, 256], model.unet.down_block_types=['Down",
         ),

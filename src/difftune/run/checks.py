@@ -13,7 +13,7 @@ from difftune.core.attention import check_attention, check_matmul_precision
 from difftune.core.conditioning import check_conditioning
 from difftune.core.options import check_module_options
 from difftune.data.folders import class_folders
-from difftune.data.options import check_data_options
+from difftune.data.options import check_data_options, style_tuple
 from difftune.errors import DifftuneError, is_int_at_least
 from difftune.guidance.options import check_guidance_config
 from difftune.hub.pipelines import load_unet_config, unet_downsample_factor
@@ -174,6 +174,8 @@ def check_train_values(cfg: DictConfig) -> None:
     labelled = [] if cfg.data.get("label_column") else None  # the names come with the data
     if ours and cfg.data.get("source") == "imagefolder" and cfg.data.get("label_column"):
         labelled = class_folders(Path(cfg.data.data_dir).expanduser())  # a class each
+    if ours and cfg.data.get("source") == "synthetic" and cfg.data.get("label_column"):
+        labelled = list(style_tuple(cfg.data.get("style")))  # a class a style
     check_conditioning(
         unet_config, cfg.model.get("conditioning"), labelled, cfg.model.get("p_uncond", 0.1)
     )
