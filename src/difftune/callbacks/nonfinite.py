@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim import Optimizer
 
+from difftune.core.module import fused_without_scaler
 from difftune.errors import DifftuneError, is_int_at_least
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,4 @@ class NonFiniteGuard(Callback):
 def skips_on_device(trainer: Trainer, optimizer: Optimizer) -> bool:
     """A fused optimizer (it takes `found_inf`), no gradient scaler (whose `found_inf` it would
     be) and one process (ranks reading their flags at different steps could stop apart)."""
-    fused = getattr(optimizer, "_step_supports_amp_scaling", False)
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
-    return fused and scaler is None and trainer.world_size == 1
+    return fused_without_scaler(trainer, optimizer) and trainer.world_size == 1

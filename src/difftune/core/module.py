@@ -253,9 +253,7 @@ class DiffusionFineTuner(LightningModule):
         """Lightning's clipping; for a fused optimizer without a gradient scaler (bf16-mixed,
         32-true) torch's clipping of its gradients here, which Lightning refuses under any mixed
         precision because under fp16 the fused step unscales them only after the clip."""
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
-        if not (gradient_clip_val and fused and scaler is None):
+        if not (gradient_clip_val and fused_without_scaler(self.trainer, optimizer)):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -279,3 +277,10 @@ class DiffusionFineTuner(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def fused_without_scaler(trainer: Any, optimizer: Optimizer) -> bool:
+    """A fused optimizer step (torch's `_step_supports_amp_scaling`: it takes `found_inf` and
+    would unscale fp16 gradients itself) and no gradient scaler (32-true, bf16-mixed)."""
+    fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+    return fused and getattr(trainer.precision_plugin, "scaler", None) is None
