@@ -270,8 +270,9 @@ def script_sweeps(config_dir: Path, config_name: str) -> list[str]:
 
 
 def _missing_param(cfg: DictConfig) -> str | None:
-    """The first key of the config's own sweep (`hydra.sweeper.params`) that the config has not."""
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    """The first key of the config's own sweep (`hydra.sweeper.params`) that the config has not
+    (`+key` adds one, `~key` deletes one: not asked)."""
+    params = [k for k in OmegaConf.select(cfg, "hydra.sweeper.params") or {} if k[0] not in "+~"]
     return next((k for k in params if OmegaConf.select(cfg, k, default=_NONE) is _NONE), None)
 
 
