@@ -121,6 +121,9 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
         ("train.py", "data.style=sepia", "data.style='sepia' is not one of photo, vintage"),
         ("train.py", "model.conditioning=class", "model.conditioning=class needs labelled data"),
         ("train.py", "model.p_uncond=2", "model.p_uncond=2 must be in [0, 1)"),
+        # a traceback at the first update (modulo 0), and a negative decay (an extrapolation)
+        ("train.py", "ema=default ema.update_every_n_steps=0", "ema.update_every_n_steps=0 must"),
+        ("train.py", "ema=default ema.power=-1", "ema.power=-1 must be a number > 0"),
         (
             "train.py",
             "experiment=conditional data.style=photo",  # one style: one class

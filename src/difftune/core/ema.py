@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import WeightAveraging
 
-from difftune.errors import is_number
+from difftune.core.options import check_ema_options
 
 
 def ema_decay(step: int, max_decay: float, inv_gamma: float = 1.0, power: float = 2 / 3) -> float:
@@ -37,8 +37,7 @@ class EMA(WeightAveraging):
         update_every_n_steps: int = 1,
         device: str | None = None,
     ) -> None:
-        if not (is_number(decay) and 0.0 < decay < 1.0):
-            raise ValueError(f"ema.decay={decay} must be in (0, 1)")
+        check_ema_options(decay, warmup, inv_gamma, power, update_every_n_steps)
         super().__init__(device=device, use_buffers=True, multi_avg_fn=self._average)
         self.decay = decay
         self.warmup = warmup

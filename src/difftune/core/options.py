@@ -1,7 +1,7 @@
 """The numbers and switches of `model.*`, and a sampling step count, checked with no UNet and no
 torch or diffusers imported."""
 
-from difftune.errors import DifftuneError, is_number
+from difftune.errors import DifftuneError, is_int_at_least, is_number
 
 
 def check_module_options(
@@ -33,4 +33,23 @@ def check_step_count(num_inference_steps: int, num_train_timesteps: int, schedul
         raise DifftuneError(
             f"num_inference_steps={num_inference_steps}: more than {scheduler} takes on the "
             f"pipeline's {num_train_timesteps} training timesteps; valid: 1 to {limit}"
+        )
+
+
+def check_ema_options(
+    decay: float, warmup: bool, inv_gamma: float, power: float, update_every_n_steps: int
+) -> None:
+    """The settings of `ema=default` (the EMA callback checks them, and so does the preflight):
+    a decay of 0 or 1 copies or freezes the weights; the warm-up 1 − (1 + step/γ)^−p needs γ and
+    p above 0 (p < 0 gave negative decays: an extrapolation, not an average)."""
+    if not (is_number(decay) and 0.0 < decay < 1.0):
+        raise DifftuneError(f"ema.decay={decay} must be in (0, 1)")
+    if not isinstance(warmup, bool):
+        raise DifftuneError(f"ema.warmup={warmup!r}: expected true or false")
+    for key, value in (("inv_gamma", inv_gamma), ("power", power)):
+        if not (is_number(value) and value > 0):
+            raise DifftuneError(f"ema.{key}={value} must be a number > 0")
+    if not is_int_at_least(update_every_n_steps, 1):
+        raise DifftuneError(
+            f"ema.update_every_n_steps={update_every_n_steps} must be an integer >= 1"
         )

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from difftune.core.attention import check_attention, check_matmul_precision
 from difftune.core.conditioning import check_conditioning
-from difftune.core.options import check_module_options
+from difftune.core.options import check_ema_options, check_module_options
 from difftune.data.folders import class_folders
 from difftune.data.options import check_data_options, style_tuple
 from difftune.errors import DifftuneError, is_int_at_least
@@ -21,6 +21,7 @@ from difftune.run import preflight
 from difftune.run.trainer_keys import check_trainer_keys
 
 SEED_MAX = 2**32 - 1  # numpy's seeds, and so Lightning's `seed_everything`
+EMA_KEYS = ("decay", "warmup", "inv_gamma", "power", "update_every_n_steps")  # conf/ema/default
 
 
 def _require(ok: bool, message: str) -> None:
@@ -169,6 +170,9 @@ def check_train_values(cfg: DictConfig) -> None:
     if ours:
         check_data_options(cfg.data)
     check_guidance_config(cfg.get("guidance"))  # the sample grids' guided panels
+    ema = cfg.get("ema")
+    if ema is not None and str(ema.get("_target_", "")).endswith("ema.EMA"):
+        check_ema_options(*(ema.get(k) for k in EMA_KEYS))
     unet_config = unet_config_of(cfg.model)  # a hub id's through diffusers
     check_image_size(cfg.data.get("image_size"), unet_config)
     labelled = [] if cfg.data.get("label_column") else None  # the names come with the data
