@@ -124,6 +124,9 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
         # a traceback at the first update (modulo 0), and a negative decay (an extrapolation)
         ("train.py", "ema=default ema.update_every_n_steps=0", "ema.update_every_n_steps=0 must"),
         ("train.py", "ema=default ema.power=-1", "ema.power=-1 must be a number > 0"),
+        # a word is truthy: "maybe" pushed (or asked for a repo id), pinned memory, kept workers
+        ("train.py", "push_to_hub=maybe", "push_to_hub='maybe': expected true or false"),
+        ("train.py", "data.pin_memory=1", "data.pin_memory=1: expected true, false or null"),
         (
             "train.py",
             "experiment=conditional data.style=photo",  # one style: one class

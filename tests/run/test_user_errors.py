@@ -108,6 +108,9 @@ def test_a_package_the_config_needs_is_one_line_naming_the_key_that_asked(
         ("resume=maybe", "resume='maybe' must be true or false"),
         ("model/lr_scheduler=cosine model.lr_scheduler.num_warmup_steps=-5",
          "model.lr_scheduler.num_warmup_steps=-5 must be an integer >= 0"),
+        ("callbacks=kid callbacks.kid.subsets=0", "callbacks.kid.subsets=0 must be >= 1"),
+        ("callbacks=kid callbacks.kid.fid=maybe",
+         "callbacks.kid.fid='maybe': expected true or false"),
         ("model/lr_scheduler=cosine trainer.max_steps=-1", "model.lr_scheduler.num_training_steps"
          "=-1 (trainer.max_steps=-1) with trainer.max_epochs=-1: the schedule decays over the "
          "run's length, and this run has none; set trainer.max_steps=N or trainer.max_epochs=N"),

@@ -34,7 +34,7 @@ from difftune.callbacks import kid_cache
 from difftune.callbacks.fixed_noise import check_cfg_scale, sample_fixed_noise
 from difftune.callbacks.periodic import EveryNSteps
 from difftune.core.ema import ema_unet
-from difftune.errors import DifftuneError
+from difftune.errors import DifftuneError, is_int_at_least, is_number
 from difftune.metrics.distance import compute_distances, distance_metrics
 from difftune.metrics.features import FEATURES, build_feature_extractor, feature_name
 from difftune.pictures.images import to_unit
@@ -64,18 +64,24 @@ class KIDCallback(EveryNSteps):
         cache_dir: str | None = None,
         cfg_scale: float | None = 3.0,
     ) -> None:
-        if every_n_steps < 1:
-            raise DifftuneError(f"callbacks.kid.every_n_steps={every_n_steps} must be >= 1")
+        for key, value, least in (
+            ("every_n_steps", every_n_steps, 1), ("num_samples", num_samples, 2),
+            ("num_inference_steps", num_inference_steps, 1), ("batch_size", batch_size, 1),
+            ("subsets", subsets, 1),  # torchmetrics refused 0 at the first KID, in a traceback
+        ):  # fmt: skip
+            if not is_int_at_least(value, least):
+                raise DifftuneError(f"callbacks.kid.{key}={value} must be >= {least}")
         if isinstance(features, str) and features not in FEATURES:
             raise DifftuneError(
                 f"callbacks.kid.features={features!r} is not one of {', '.join(FEATURES)}"
             )
-        if num_samples < 2:
-            raise DifftuneError(f"callbacks.kid.num_samples={num_samples} must be >= 2")
-        if num_real is not None and num_real < 2:
-            raise DifftuneError(f"callbacks.kid.num_real={num_real} must be >= 2 (or null: all)")
-        if batch_size < 1:
-            raise DifftuneError(f"callbacks.kid.batch_size={batch_size} must be >= 1")
+        for key, value in (("num_real", num_real), ("subset_size", subset_size)):
+            if value is not None and not is_int_at_least(value, 2):
+                raise DifftuneError(f"callbacks.kid.{key}={value} must be >= 2 (or null)")
+        if not isinstance(fid, bool):  # bool("false") is True: a costly surprise
+            raise DifftuneError(f"callbacks.kid.fid={fid!r}: expected true or false")
+        if cfg_scale is not None and not is_number(cfg_scale):
+            raise DifftuneError(f"callbacks.kid.cfg_scale={cfg_scale} must be a number or null")
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.num_real = num_real

@@ -69,7 +69,8 @@ class ImageDataModule(pl.LightningDataModule):
              "batch_size": batch_size, "num_workers": num_workers, "val_size": val_size,
              "num_images": num_images, "seed": seed, "max_images": max_images,
              "shuffle_buffer": shuffle_buffer, "prefetch_factor": prefetch_factor,
-             "streaming": streaming, "style": style, "label_column": label_column}
+             "streaming": streaming, "style": style, "label_column": label_column,
+             "flip": flip, "persistent_workers": persistent_workers, "pin_memory": pin_memory}
         )  # fmt: skip
         styles = style_tuple(style)
         # a plain list in the hparams: a checkpoint holding a ListConfig fails weights_only loads

@@ -26,6 +26,12 @@ def check_data_options(options: Mapping[str, Any]) -> None:
     for key, (minimum, nullable) in INTEGERS.items():
         if key in options:
             require_int(f"data.{key}", options[key], minimum, allow_none=nullable)
+    for key, nullable in (("flip", False), ("streaming", False), ("persistent_workers", True),
+                          ("pin_memory", True)):  # fmt: skip
+        value = options.get(key)
+        if key in options and not (isinstance(value, bool) or nullable and value is None):
+            valid = "true, false or null (automatic)" if nullable else "true or false"
+            raise DifftuneError(f"data.{key}={value!r}: expected {valid}")
     if "style" in options:
         check_styles(options["style"])
     if "source" in options:

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from difftune.core.attention import check_attention, check_matmul_precision
 from difftune.core.conditioning import check_conditioning
@@ -134,6 +134,9 @@ def check_train_values(cfg: DictConfig) -> None:
         "pass the path of a .ckpt file (e.g. outputs/<run>/checkpoints/last.ckpt) or leave it "
         "null to start fresh",
     )
+    for key in ("push_to_hub", "hub.private"):
+        value = OmegaConf.select(cfg, key, default=False)
+        _require(isinstance(value, bool), f"{key}={value!r}: expected true or false")
     _require(
         not cfg.get("push_to_hub") or bool(cfg.hub.get("repo_id")),
         "push_to_hub=true needs hub.repo_id=<user or org>/<name>",
