@@ -109,6 +109,10 @@ def test_a_package_the_config_needs_is_one_line_naming_the_key_that_asked(
         ("model/lr_scheduler=cosine model.lr_scheduler.num_warmup_steps=-5",
          "model.lr_scheduler.num_warmup_steps=-5 must be an integer >= 0"),
         ("callbacks=kid callbacks.kid.subsets=0", "callbacks.kid.subsets=0 must be >= 1"),
+        ("callbacks.sample_grid.num_inference_steps=0",  # it failed at step 0, key unnamed
+         "callbacks.sample_grid.num_inference_steps=0 must be an integer >= 1"),
+        ("callbacks.loss_curve.every_n_steps=abc",  # "'<' not supported between 'str' and 'int'"
+         "callbacks.loss_curve.every_n_steps='abc' must be an integer >= 1"),
         ("callbacks=kid callbacks.kid.fid=maybe",
          "callbacks.kid.fid='maybe': expected true or false"),
         ("model/lr_scheduler=cosine trainer.max_steps=-1", "model.lr_scheduler.num_training_steps"

@@ -34,7 +34,7 @@ from difftune.callbacks import kid_cache
 from difftune.callbacks.fixed_noise import check_cfg_scale, sample_fixed_noise
 from difftune.callbacks.periodic import EveryNSteps
 from difftune.core.ema import ema_unet
-from difftune.errors import DifftuneError, is_int_at_least, is_number
+from difftune.errors import DifftuneError, is_int_at_least
 from difftune.metrics.distance import compute_distances, distance_metrics
 from difftune.metrics.features import FEATURES, build_feature_extractor, feature_name
 from difftune.pictures.images import to_unit
@@ -80,8 +80,6 @@ class KIDCallback(EveryNSteps):
                 raise DifftuneError(f"callbacks.kid.{key}={value} must be >= 2 (or null)")
         if not isinstance(fid, bool):  # bool("false") is True: a costly surprise
             raise DifftuneError(f"callbacks.kid.fid={fid!r}: expected true or false")
-        if cfg_scale is not None and not is_number(cfg_scale):
-            raise DifftuneError(f"callbacks.kid.cfg_scale={cfg_scale} must be a number or null")
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.num_real = num_real

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from difftune.errors import require_int
 from difftune.pictures.plots import pyplot
 
 
@@ -30,8 +31,7 @@ class LossCurve(Callback):
     """
 
     def __init__(self, path: str, every_n_steps: int = 100, smoothing: float = 0.9) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"callbacks.loss_curve.every_n_steps={every_n_steps} must be >= 1")
+        require_int("callbacks.loss_curve.every_n_steps", every_n_steps, 1)
         self.path = Path(path)
         self.every_n_steps = every_n_steps
         self.smoothing = smoothing

@@ -11,6 +11,8 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from difftune.errors import require_int
+
 log = logging.getLogger(__name__)
 
 
@@ -36,8 +38,7 @@ class ProgressLine(Callback):
     """
 
     def __init__(self, every_n_steps: int = 25) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"callbacks.progress.every_n_steps={every_n_steps} must be >= 1")
+        require_int("callbacks.progress.every_n_steps", every_n_steps, 1)
         self.every_n_steps = every_n_steps
         self.active = False
         self._total = float("inf")

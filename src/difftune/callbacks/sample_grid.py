@@ -16,7 +16,7 @@ from difftune.callbacks.fixed_noise import check_cfg_scale, sample_fixed_noise
 from difftune.callbacks.grid_budget import CFG_COST, plan_grids
 from difftune.callbacks.periodic import EveryNSteps
 from difftune.core.ema import ema_unet
-from difftune.errors import is_int_at_least
+from difftune.errors import is_int_at_least, require_int
 from difftune.guidance import Guidance
 from difftune.pictures.images import save_panels
 from difftune.pictures.plots import plot_progression
@@ -50,8 +50,8 @@ class SampleGrid(EveryNSteps):
         max_cost_ratio: float | None = 0.5,
         cfg_scale: float | None = 3.0,
     ) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"callbacks.sample_grid.every_n_steps={every_n_steps} must be >= 1")
+        require_int("callbacks.sample_grid.every_n_steps", every_n_steps, 1)
+        require_int("callbacks.sample_grid.num_inference_steps", num_inference_steps, 1)
         if not is_int_at_least(num_images, 1):
             raise ValueError(f"callbacks.sample_grid.num_images={num_images!r} must be >= 1")
         self.dirpath = Path(dirpath)

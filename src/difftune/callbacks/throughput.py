@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from difftune.errors import require_int
+
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated, or this process's peak resident memory on the CPU."""
@@ -33,8 +35,7 @@ class Throughput(Callback):
     METRICS = ("perf/images_per_s", "perf/peak_memory_mb")
 
     def __init__(self, every_n_steps: int = 10) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"callbacks.throughput.every_n_steps={every_n_steps} must be >= 1")
+        require_int("callbacks.throughput.every_n_steps", every_n_steps, 1)
         self.every_n_steps = every_n_steps
         self._images = 0
         self._seconds = 0.0  # in training steps since the last log
