@@ -200,6 +200,11 @@ def job_dir(cfg: DictConfig, multirun: bool, num: int) -> tuple[Path, str]:
     return path.expanduser(), "hydra.sweep.dir"
 
 
+def options_of(group: Path) -> list[str]:
+    """A config group's options, sorted; `_base`-like files (what options build on) left out."""
+    return sorted(p.stem for p in group.glob("*.yaml") if not p.stem.startswith("_"))
+
+
 def group_value_hint(parsed: list[Override], config_dir: Path) -> str | None:
     """One line for a config group given a number (`hardware=1`) or an override with no key."""
     for override in parsed:
@@ -208,8 +213,7 @@ def group_value_hint(parsed: list[Override], config_dir: Path) -> str | None:
             return f"{override.input_line}: an override needs a key (key=value)"
         group = config_dir / key
         if group.is_dir() and not isinstance(override.value(), str | list):
-            options = sorted(p.stem for p in group.glob("*.yaml") if not p.stem.startswith("_"))
-            return f"{override.input_line}: no such option; valid: {', '.join(options)}"
+            return f"{override.input_line}: no such option; valid: {', '.join(options_of(group))}"
     return None
 
 
@@ -220,8 +224,7 @@ def private_option_hint(parsed: list[Override], config_dir: Path) -> str | None:
         key, value = override.get_key_element().lstrip("+~"), override.value()
         group = config_dir / key
         if group.is_dir() and isinstance(value, str) and value.startswith("_"):
-            options = sorted(p.stem for p in group.glob("*.yaml") if not p.stem.startswith("_"))
-            return f"{override.input_line}: no such option; valid: {', '.join(options)}"
+            return f"{override.input_line}: no such option; valid: {', '.join(options_of(group))}"
     return None
 
 
@@ -329,10 +332,7 @@ def group_off_hint(
     if cfg is None or OmegaConf.select(cfg, head) is not None:
         return None  # the group is chosen: its option has no such key
     given_as = next((o for o in given if o.split("=", 1)[0].lstrip("+~") == key), key)
-    options = sorted(
-        p.stem for p in (config_dir / head).glob("*.yaml") if p.stem not in ("none",)
-        and not p.stem.startswith("_")
-    )  # fmt: skip
+    options = [o for o in options_of(config_dir / head) if o != "none"]
     return (
         f"{given_as}: this run has no {head}, so no {key}; choose one first: "
         f"{head}={options[0]} {given_as} ({head} options: {', '.join(options)})"
