@@ -180,10 +180,33 @@ def test_a_bad_value_is_one_line_before_the_heavy_libraries_load(script, overrid
     assert result.stdout.splitlines()[-2:] == ["EXIT 2", "LOADED "], result.stdout  # none
 
 
-def test_train_py_help_does_not_load_the_training_stack():
+@pytest.mark.parametrize(
+    ("script", "groups"),
+    [
+        (
+            "train.py",
+            {
+                "model": "ddpm_bedroom_256, ddpm_celebahq_256, pretrained, scratch, tiny_base, "
+                "wikiart_from_bedrooms  (now: tiny_base)",  # no private `_base`
+                "ema": "default  (now: null)",
+                "sweep": "guidance_scale, lr, lr_optuna  (now: null)",
+            },
+        ),
+        (
+            "sample.py",  # its own groups only: no data, model or callbacks of train.py's
+            {
+                "guidance": "clip, color, none  (now: none)",
+                "paths": "default  (now: default)",
+                "scheduler": "ddim, ddpm, dpm_solver  (now: ddim)",
+                "sweep": "cfg_scale, guidance_scale  (now: null)",
+            },
+        ),
+    ],
+)
+def test_help_lists_the_scripts_own_groups_and_loads_no_training_stack(script, groups):
     code = (
-        "import runpy, sys; sys.argv = ['train.py', '--help']\n"
-        "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+        f"import runpy, sys; sys.argv = [{script!r}, '--help']\n"
+        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
         "print('LOADED', ' '.join(m for m in ('difftune.run.train', 'diffusers', 'open_clip', "
         "'lightning', 'torch') if m in sys.modules))"
@@ -191,5 +214,9 @@ def test_train_py_help_does_not_load_the_training_stack():
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True
     )
-    assert "Powered by Hydra" in result.stdout  # it did print the help
+    section = result.stdout.split("== Config groups: group=option ==\n")[1].split("\n\n")[0]
+    listed = dict(line.split(": ", 1) for line in section.splitlines())
+    assert {k: listed.get(k) for k in groups} == groups, result.stdout
+    if script == "sample.py":
+        assert sorted(listed) == sorted(groups)
     assert result.stdout.strip().splitlines()[-1] == "LOADED", result.stdout[-500:]

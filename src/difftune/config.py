@@ -31,7 +31,7 @@ def _quoted(path: Path) -> str:
 
 
 @contextmanager
-def _hydra_set_aside() -> Iterator[None]:
+def hydra_set_aside() -> Iterator[None]:
     """The caller's own Hydra (`initialize_config_dir` in a notebook) kept and put back."""
     theirs = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
     GlobalHydra.instance().clear()
@@ -105,7 +105,7 @@ def compose_config(
             raise DifftuneError(
                 f"{override}: where a run writes is compose_config's output_dir= argument"
             )
-    with _hydra_set_aside():
+    with hydra_set_aside():
         if output_dir is None:
             out = _resumed_dir(name, overrides) or _new_dir(name)
         else:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from difftune.config import CONF
 from difftune.run.cli import exit_on_user_error, multirun_flag_first, preflight
+from difftune.run.help import register_help
 from difftune.run.quiet import one_copy_of_lightning_logs, silence_third_party
 
 
@@ -51,6 +52,7 @@ def train_command() -> None:
     from difftune.run.resume import continue_in_its_dir
 
     silence_third_party()
+    register_help()
     sys.argv[1:] = multirun_flag_first(sys.argv[1:])
     preflight(CONF, "train", sys.argv[1:])
     sys.argv[1:] = continue_in_its_dir(CONF, "train", sys.argv[1:])
@@ -60,6 +62,7 @@ def train_command() -> None:
 def sample_command() -> None:
     """Sample a DDPM pipeline, optionally guided: `difftune-sample [key=value ...]`."""
     silence_third_party()
+    register_help()
     sys.argv[1:] = multirun_flag_first(sys.argv[1:])
     preflight(CONF, "sample", sys.argv[1:])
     _sample()
@@ -69,6 +72,7 @@ def demo_command() -> None:
     """The guided-sampling web page: `difftune-demo [key=value ...]` (conf/demo.yaml)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline; nothing sent home
     silence_third_party()
+    register_help()
     sys.argv[1:] = multirun_flag_first(sys.argv[1:])
     preflight(CONF, "demo", sys.argv[1:])
     _demo()
