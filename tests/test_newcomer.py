@@ -118,6 +118,8 @@ def test_importing_the_entry_points_leaves_optional_heavy_packages_alone():
             "data=imagefolder data.data_dir=docs data.label_column=label",  # pictures, no classes
             "data.data_dir='docs' holds ",
         ),
+        # trained on 1 image of 20 (a warning among Lightning's lines)
+        ("train.py", "data.num_images=20", "data.val_size=32: the data has 20 images, so none"),
         ("train.py", "data.style=sepia", "data.style='sepia' is not one of photo, vintage"),
         ("train.py", "model.conditioning=class", "model.conditioning=class needs labelled data"),
         ("train.py", "model.p_uncond=2", "model.p_uncond=2 must be in [0, 1)"),

@@ -1,5 +1,6 @@
 """The DataModule: batches with skip counts, deterministic splits and order, argument errors."""
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -132,10 +133,16 @@ def test_synthetic_batches() -> None:
     assert (dm.num_train, dm.num_val, dm.image_size) == (16, 4, 16)
 
 
-def test_val_size_is_clamped_and_max_images(image_folder: Path) -> None:
-    dm = ImageDataModule(source="imagefolder", data_dir=str(image_folder), val_size=64)
-    said = r"^data.val_size=64: only 12 images, so 11 held out for validation instead of 64"
-    with pytest.warns(UserWarning, match=said):
+def test_a_val_size_that_leaves_nothing_to_train_on_and_max_images(image_folder: Path) -> None:
+    dm = ImageDataModule(source="imagefolder", data_dir=str(image_folder), val_size=12)
+    said = (
+        "data.val_size=12: the data has 12 images, so none would be left to train on; "
+        "valid: 0 to 11 (data.val_size=null holds out 5%, 4 to 64)"
+    )
+    with pytest.raises(DifftuneError, match=re.escape(said)):
+        dm.check_source()  # before the model loads
+    dm = ImageDataModule(source="imagefolder", data_dir=str(image_folder), val_size=11)
+    with pytest.warns(UserWarning, match="holds out 11 of the 12 images"):
         dm.setup()
     assert (dm.num_train, dm.num_val) == (1, 11)
     dm = ImageDataModule(source="imagefolder", data_dir=str(image_folder), max_images=5, val_size=2)

@@ -34,6 +34,9 @@ def check_data_options(options: Mapping[str, Any]) -> None:
             raise DifftuneError(f"data.{key}={value!r}: expected {valid}")
     if "style" in options:
         check_styles(options["style"])
+    if source == "synthetic" and "num_images" in options:
+        n = min(options["num_images"], options.get("max_images") or options["num_images"])
+        check_val_size(n, options.get("val_size"))
     if "source" in options:
         check_label_column(source, options.get("label_column"))
     if options.get("streaming") and source != "hf":
@@ -62,6 +65,16 @@ def check_data_options(options: Mapping[str, Any]) -> None:
             )
         if options.get("label_column") == "label":
             class_folders(Path(data_dir).expanduser())
+
+
+def check_val_size(n: int, val_size: int | None) -> None:
+    """One line for an explicit `val_size` that holds out all n images (null: a share of them)."""
+    if val_size is not None and n > 0 and val_size >= n:
+        raise DifftuneError(
+            f"data.val_size={val_size}: the data has {n} image{'s' if n != 1 else ''}, so none "
+            f"would be left to train on; valid: 0 to {n - 1} (data.val_size=null holds out 5%, "
+            "4 to 64)"
+        )
 
 
 def style_tuple(style: str | Sequence[str]) -> tuple[str, ...]:

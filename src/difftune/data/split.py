@@ -4,15 +4,19 @@ import warnings
 
 import torch
 
+from difftune.data.options import check_val_size
+
 #: `val_size: null` holds out this share of the images, at least VAL_FLOOR and at most VAL_CAP
 VAL_FRACTION, VAL_FLOOR, VAL_CAP = 0.05, 4, 64
 
 
 def held_out(n: int, val_size: int | None) -> int:
     """Validation images out of n: `val_size`, or by default 5 % with a floor and a cap; at
-    least one image stays for training. A warning says when that clamps `val_size`, when an
-    explicit `val_size` holds out over a quarter, and when the default holds out over half."""
+    least one image stays for training. An explicit `val_size` that leaves none is an error; a
+    warning says when the default is clamped, when an explicit `val_size` holds out over a
+    quarter, and when the default holds out over half."""
     setting = f"data.val_size={'null' if val_size is None else val_size}"
+    check_val_size(n, val_size)
     wanted = min(VAL_CAP, max(VAL_FLOOR, round(VAL_FRACTION * n))) if val_size is None else val_size
     held = min(wanted, n - 1)
     images = f"{n} image{'s' if n != 1 else ''}"
