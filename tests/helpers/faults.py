@@ -36,6 +36,18 @@ class KillAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class TermGroupAt(Callback):
+    """Rank 0 sends SIGTERM to its whole process group (every rank and data worker, as SLURM's
+    preemption or `scancel` does) when the batch that would make optimizer step `step` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == 0:
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+
+
 class RankLosses(Callback):
     """Each rank's own training loss per step, to `<run dir>/losses_rank<r>.txt` (step, loss)."""
 

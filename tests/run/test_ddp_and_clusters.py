@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from safetensors.torch import load_file
 
-from helpers.cli import SHRINK_CLI, run_cli, run_train
+from helpers.cli import SHRINK_CLI, run_cli, run_train, start_train
 from helpers.compose import CONF, ROOT
 from helpers.runs import losses, step_of, summary_rows, unet_weights
 
@@ -106,6 +106,30 @@ def test_a_ddp_run_killed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(tm
     assert max(abs(got[s] - expected[s]) for s in got) <= 1e-6, (got, expected)
     after, weights = unet_weights(tmp_path / "resumed"), unet_weights(tmp_path / "whole")
     assert max((after[k] - weights[k]).abs().max().item() for k in weights) <= 1e-6
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_every_process_of_a_ddp_run_stops_both_ranks_with_last_ckpt(tmp_path):
+    """SLURM's preemption signals every process (ranks and data workers): each rank finishes the
+    same step and saves; it hung, each rank waiting for the other (Lightning's own handling)."""
+    run = start_train(
+        tmp_path, *DDP_RESUME_RUN, "data.num_workers=1",
+        "+callbacks.term._target_=helpers.faults.TermGroupAt", "+callbacks.term.step=4",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,  # the signal's process group: the run's, not pytest's
+    )  # fmt: skip
+    try:
+        _, stderr = run.communicate(timeout=300)  # a guard against the hang, not a speed limit
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.communicate()
+        pytest.fail("the DDP run hung after SIGTERM")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    said = f"error: stopped by SIGTERM at step 5; resume with ckpt_path={last}"
+    assert run.returncode == 2 and said in stderr.splitlines(), stderr[-3000:]
+    assert "Traceback" not in stderr and step_of(last) == 5
+    for log in ("train.log", "train_ddp_process_1.log"):  # both ranks stopped after that step
+        assert "SIGTERM at step 5: saved" in (tmp_path / log).read_text(), log
 
 
 @pytest.mark.slow

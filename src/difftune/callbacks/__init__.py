@@ -7,6 +7,7 @@ from difftune.callbacks.nonfinite import NonFiniteGuard
 from difftune.callbacks.progress import ProgressLine
 from difftune.callbacks.run_summary import RunSummary
 from difftune.callbacks.sample_grid import SampleGrid
+from difftune.callbacks.sigterm import StopTogether
 from difftune.callbacks.skipped_images import SkippedImages
 from difftune.callbacks.step_bar import StepProgressBar
 from difftune.callbacks.throughput import Throughput
@@ -21,5 +22,6 @@ __all__ = [
     "SampleGrid",
     "SkippedImages",
     "StepProgressBar",
+    "StopTogether",
     "Throughput",
 ]

@@ -7,6 +7,7 @@ import logging
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from difftune.data.sources import load_hf_records
 from difftune.data.split import VAL_CAP, split_indices
 from difftune.data.streaming import StreamedImages, stream_split
 from difftune.data.synthetic import SyntheticStyleDataset
+from difftune.data.workers import init_worker
 from difftune.errors import DifftuneError
 
 log = logging.getLogger(__name__)
@@ -231,8 +233,7 @@ class ImageDataModule(pl.LightningDataModule):
     def _setup_stream(self) -> None:
         """A streamed dataset: its first `val_size` (default 64) records are held out."""
         held = VAL_CAP if self.val_size is None else self.val_size
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        rank, world = self._rank_and_world()
         if self.label_column is not None:
             self._load_class_names()  # a label column that is no ClassLabel fails here, first
         stream, val_records, val_labels = stream_split(
@@ -264,10 +265,9 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         """{"images", "skipped"} (+ "labels") batches; shuffled ones resume mid-epoch exactly."""
         sampler = None
+        rank, world = self._rank_and_world()
         if shuffle:
             dataset = SeededAugmentation(dataset, self.seed)
-            trainer = getattr(self, "trainer", None)
-            rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
             sampler = EpochShuffle(
                 len(dataset), self.seed, self.batch_size, self._batches_done, rank, world
             )
@@ -281,7 +281,13 @@ class ImageDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor,
             drop_last=False,
+            worker_init_fn=partial(init_worker, rank=rank),
         )
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        """This process's rank and the world size (0, 1 without a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
     def _batches_done(self) -> int | None:
         """Training batches this process has drawn (restored on resume); None without a trainer."""
@@ -299,6 +305,7 @@ class ImageDataModule(pl.LightningDataModule):
                 collate_fn=make_collate(self.image_size, self.label_column is not None),
                 pin_memory=self.pin_memory,
                 persistent_workers=self.num_workers > 0,
+                worker_init_fn=partial(init_worker, rank=self._rank_and_world()[0]),
             )  # fmt: skip
         return self._loader(self.train_dataset, shuffle=True)
 
