@@ -1,6 +1,7 @@
 """SIGTERM under DDP: every rank stops after the same step, so last.ckpt gets written."""
 
 import signal
+import threading
 from types import FrameType
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -27,8 +28,8 @@ class StopTogether(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.received = False
-        if trainer.world_size == 1:
-            return
+        if trainer.world_size == 1 or threading.current_thread() is not threading.main_thread():
+            return  # (Lightning sets no handler outside the main thread either)
         lightnings = trainer._signal_connector._sigterm_notifier_fn
         current = signal.getsignal(signal.SIGTERM)
         kept = [

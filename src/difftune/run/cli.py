@@ -74,7 +74,8 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             signal = "SIGTERM" if sigterm(stop) else "Ctrl-C"
             where = getattr(stop, "resume_hint", "")
-            sys.stderr.write(f"error: stopped by {signal}{' ' + where if where else ''}\n")
+            if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP ranks stop together: one line
+                sys.stderr.write(f"error: stopped by {signal}{' ' + where if where else ''}\n")
             sys.exit(2)
         except KeyboardInterrupt as err:  # before the fit started or after it (nothing to
             if full_trace():  # resume), or `train(cfg)` called outside Hydra's job
