@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
 
+import difftune.run.sample_images as sample_images_module
+from difftune.core.sampling import sample
 from difftune.errors import DifftuneError
 from difftune.guidance import SCHEDULES
 from difftune.hub.pipelines import load_noise_scheduler
@@ -52,6 +55,54 @@ def test_a_guided_sample_writes_the_unguided_grid_of_the_same_noise_beside_it(
     side = 4 * 38  # 2x2 images of 16 px, 2 px gaps; the guided slot as wide as its caption
     assert comparison.size == (side + 8 + max(side, label_width(COLOUR_LABEL)), 28 + side)
     assert not (plain / "comparison.png").exists()
+
+
+def tiles(grid: Path, count: int, side: int, per_row: int) -> list[np.ndarray]:
+    """The first `count` images of a grid (2 px gaps, `per_row` a row), as pixel arrays."""
+    pixels = np.asarray(Image.open(grid).convert("RGB"))
+    at = [(2 + (k // per_row) * (side + 2), 2 + (k % per_row) * (side + 2)) for k in range(count)]
+    return [pixels[y : y + side, x : x + side] for y, x in at]
+
+
+def test_many_images_all_go_to_images_and_the_grids_show_the_first(
+    tiny_pipeline_dir, tmp_path, monkeypatch
+):
+    """Thousands of images (an FID set) made grids of thousands, and guidance sampled them all
+    again unguided only for the comparison; the grids now show the first GRID_IMAGES."""
+    monkeypatch.setattr(sample_images_module, "GRID_IMAGES", 3)
+    common = (f"pretrained={tiny_pipeline_dir}", "num_images=5", "batch_size=2",
+              "num_inference_steps=3", "scheduler=ddpm")  # fmt: skip
+    sample_images(compose_sample(*common, "guidance=color", output_dir=tmp_path / "guided"))
+    sample_images(compose_sample(*common, output_dir=tmp_path / "plain"))
+    guided, plain = tmp_path / "guided", tmp_path / "plain"
+    names = [f"{i:04d}.png" for i in range(5)]
+    assert sorted(p.name for p in (guided / "images").iterdir()) == names
+    for grid, run in ((guided / "grid.png", guided), (plain / "grid.png", plain),
+                      (guided / "grid_unguided.png", plain)):  # fmt: skip
+        assert Image.open(grid).size == (2 + 2 * 18, 2 + 2 * 18)  # 3 images, 2 a row
+        shown = tiles(grid, 3, side=16, per_row=2)
+        for tile, name in zip(shown, names, strict=False):
+            assert np.array_equal(tile, np.asarray(Image.open(run / "images" / name)))
+
+
+def test_a_crash_keeps_the_images_of_the_batches_before_it(
+    tiny_pipeline_dir, tmp_path, monkeypatch
+):
+    """They were written only after the last batch: a crash or a stop lost all of them."""
+    calls = []
+
+    def fails_on_the_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(sample_images_module, "sample", fails_on_the_second_batch)
+    cfg = compose_sample(f"pretrained={tiny_pipeline_dir}", "num_images=4", "batch_size=2",
+                         "num_inference_steps=3", output_dir=tmp_path)  # fmt: skip
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        sample_images(cfg)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["0000.png", "0001.png"]
 
 
 def test_same_seed_same_images_and_a_run_dir_is_a_valid_source(tiny_pipeline_dir, tmp_path):

@@ -25,6 +25,8 @@ from difftune.seeds import mix_seed
 
 log = logging.getLogger(__name__)
 
+GRID_IMAGES = 64  # a grid shows at most this many images of each class row; images/ has all
+
 
 def scaled(guidance: Guidance | None, fraction: float) -> Guidance | None:
     """A copy of `guidance` with its scale times `fraction` (None, and a per-image scale, which
@@ -108,23 +110,34 @@ def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None
             if on_step is not None:
                 on_step(on_cpu)
 
-    def draw(guidance: Any, progress: bool) -> torch.Tensor:
-        """Each class row (or the one unconditional row) from the same noise and DDPM seeds.
+    names = class_names_of(unet_config)
+    shown = min(cfg.num_images, GRID_IMAGES)  # of each class row in the grids
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    non_finite = 0
+
+    def save(row: int, start: int, x_0: torch.Tensor) -> None:
+        """A batch's images to images/ as soon as it is sampled: a stop keeps those before."""
+        nonlocal non_finite
+        non_finite += int((~torch.isfinite(x_0.flatten(1))).any(1).sum())
+        prefix = "" if rows is None else f"{_file_name(names[rows[row]])}_"
+        for k, image in enumerate(to_pil_list(x_0)):
+            image.save(out / "images" / f"{prefix}{start + k:04d}.png")
+
+    def draw(guidance: Any, count: int, progress: bool, write: Callable | None) -> torch.Tensor:
+        """The first `count` images of each class row (or of the one unconditional row), from
+        the same noises and DDPM seeds; returns the first `shown` of each row, for the grids.
 
         `batch_size` only splits the work: image j's DDPM step noise comes from (seed, j), and
         a batch of b images is guided with scale·b/num_images, its loss being the mean over the
         batch (the article's), so each image is pulled as in one batch of all num_images."""
-        images = []
-        for label in rows or [None]:
+        kept, first = [], True
+        for row, label in enumerate(rows or [None]):
             step_generators = [  # DDPM's step noise, one generator per image
-                torch.Generator(device).manual_seed(mix_seed(cfg.seed, j))
-                for j in range(cfg.num_images)
+                torch.Generator(device).manual_seed(mix_seed(cfg.seed, j)) for j in range(count)
             ]
-            for start in range(0, cfg.num_images, cfg.batch_size):
-                callback = (
-                    (record if not images else (lambda s: bar.update())) if progress else None
-                )
-                batch = noise[start : start + cfg.batch_size].to(device)
+            for start in range(0, count, cfg.batch_size):
+                callback = (record if first else (lambda s: bar.update())) if progress else None
+                batch = noise[start : min(start + cfg.batch_size, count)].to(device)
                 share = scaled(guidance, len(batch) / cfg.num_images)
                 with autocast:
                     x_0 = sample(
@@ -132,33 +145,35 @@ def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None
                         step_generators[start : start + len(batch)], callback,
                         class_labels=label, cfg_scale=cfg_scale,
                     )  # fmt: skip
-                images.append(x_0.detach().float().cpu())
-        return torch.cat(images)
+                x_0, first = x_0.detach().float().cpu(), False
+                if write is not None:
+                    write(row, start, x_0)
+                kept.append(x_0[: max(0, shown - start)])
+        return torch.cat(kept)
 
-    x_0 = draw(guidance, progress=True)
+    x_0 = draw(guidance, cfg.num_images, progress=True, write=save)
     bar.close()
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    names = class_names_of(unet_config)
-    for index, image in enumerate(to_pil_list(x_0)):
-        row, column = divmod(index, cfg.num_images)
-        prefix = "" if rows is None else f"{_file_name(names[rows[row]])}_"
-        image.save(out / "images" / f"{prefix}{column:04d}.png")
     plot_progression(progression, out / "progression.png")
-    nrow = cfg.num_images if rows is not None and len(rows) > 1 else None  # a row per class
+    nrow = shown if rows is not None and len(rows) > 1 else None  # a row per class
     grid = save_grid(x_0, out / "grid.png", nrow=nrow)
+    if shown < cfg.num_images:
+        log.info(
+            "%s: the first %d of the %d images%s (all of them in images/)",
+            grid.name, shown, cfg.num_images, "" if rows is None else " of each class",
+        )  # fmt: skip
     if guidance is not None:  # the same noise without guidance, beside it: what guidance did
-        unguided = draw(None, progress=False)
+        unguided = draw(None, shown, progress=False, write=None)  # the grid's images only
         save_grid(unguided, out / "grid_unguided.png", nrow=nrow)
         sampler = type(scheduler).__name__.removesuffix("Scheduler")
         title = f"{sampler}, {cfg.num_inference_steps} steps, seed {cfg.seed}"
         title += "" if cfg_scale is None else f", CFG {cfg_scale:g}"
         panels = [("unguided", unguided), (guidance.label, x_0)]
         save_panels(panels, out / "comparison.png", title, nrow=nrow)
-    bad = int((~torch.isfinite(x_0.flatten(1))).any(1).sum())
-    if bad:  # written anyway (black where NaN), so they can be looked at
+    total = cfg.num_images * len(rows or [None])
+    if non_finite:  # written anyway (black where NaN), so they can be looked at
         raise DifftuneError(
-            f"pretrained={cfg.pretrained}: {bad} of {len(x_0)} images are not finite (NaN/inf; "
-            f"black in {grid}): check the pipeline's weights, or lower guidance.scale"
+            f"pretrained={cfg.pretrained}: {non_finite} of {total} images are not finite "
+            f"(NaN/inf; black in {grid}): check the pipeline's weights, or lower guidance.scale"
         )
-    log.info("wrote %s, %d images and progression.png", grid, len(x_0))
+    log.info("wrote %s, %d images and progression.png", grid, total)
     return grid
