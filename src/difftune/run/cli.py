@@ -36,6 +36,12 @@ def sigterm(err: BaseException | None) -> bool:
     return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
 
 
+def rank_zero() -> bool:
+    """Whether this process is the first of its run: one process, or rank 0 of several (started
+    by Lightning, torchrun or SLURM's srun)."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
 def full_trace() -> bool:
     """`DEBUG=1` or `HYDRA_FULL_ERROR=1`: let user errors raise with their whole traceback."""
     debug = os.environ.get("DEBUG", "") not in ("", "0")
@@ -74,7 +80,7 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             signal = "SIGTERM" if sigterm(stop) else "Ctrl-C"
             where = getattr(stop, "resume_hint", "")
-            if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP ranks stop together: one line
+            if rank_zero():  # DDP's ranks stop together: one line, not one a rank
                 sys.stderr.write(f"error: stopped by {signal}{' ' + where if where else ''}\n")
             sys.exit(2)
         except KeyboardInterrupt as err:  # before the fit started or after it (nothing to
