@@ -16,7 +16,7 @@ from difftune.errors import DifftuneError
 from difftune.guidance import SCHEDULES
 from difftune.hub.pipelines import load_noise_scheduler
 from difftune.pictures.images import save_grid
-from difftune.run.sample_images import make_scheduler, sample_images
+from difftune.run.sample_images import make_scheduler, sample_images, start_noise
 from helpers.compose import CONF, ROOT, compose_sample
 from helpers.images import COLOUR_LABEL, label_width
 
@@ -83,6 +83,15 @@ def test_many_images_all_go_to_images_and_the_grids_show_the_first(
         shown = tiles(grid, 3, side=16, per_row=2)
         for tile, name in zip(shown, names, strict=False):
             assert np.array_equal(tile, np.asarray(Image.open(run / "images" / name)))
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (4, 32, 32), (1, 4, 4), (3, 18, 18), (3, 7, 9)])
+def test_the_start_noise_in_batches_is_the_one_draw_of_all_the_images(shape):
+    """Drawn a batch at a time (an FID set's noise no longer all in memory), the same x_T as
+    one `torch.randn` of every image: the images of a seed stay what they were."""
+    whole = torch.randn(7, *shape, generator=torch.Generator().manual_seed(3))
+    batches = list(start_noise(3, 7, shape, batch_size=3))
+    assert [len(b) for b in batches] == [3, 3, 1] and torch.equal(torch.cat(batches), whole)
 
 
 def test_a_crash_keeps_the_images_of_the_batches_before_it(

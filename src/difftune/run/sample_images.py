@@ -3,8 +3,9 @@
 import contextlib
 import copy
 import logging
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,24 @@ def speed_settings(cfg: DictConfig, unet: torch.nn.Module, device: str) -> tuple
     return model, autocast
 
 
+def start_noise(
+    seed: int, count: int, shape: tuple[int, ...], batch_size: int
+) -> Iterator[torch.Tensor]:
+    """x_T of images 0..count-1 in batches, equal to slices of `torch.randn(count, *shape)` from
+    `seed`, one batch in memory at a time (10000 images at 256 px are 7.9 GB of noise).
+
+    Consecutive draws from one generator equal one draw where each batch holds a multiple of 16
+    numbers (torch's CPU normal fills blocks of 16: every side a multiple of 4 gives that); other
+    shapes are drawn whole, then sliced."""
+    generator = torch.Generator().manual_seed(seed)
+    if math.prod(shape) % 16:
+        whole = torch.randn(count, *shape, generator=generator)
+        yield from whole.split(batch_size)
+        return
+    for start in range(0, count, batch_size):
+        yield torch.randn(min(batch_size, count - start), *shape, generator=generator)
+
+
 def _file_name(name: str) -> str:
     """A class name as a file-name prefix: path separators and other odd characters as `_`."""
     return re.sub(r"[^\w.-]+", "_", name)
@@ -92,8 +111,7 @@ def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None
     unet = load_unet(cfg.pretrained, key="pretrained").to(device).eval().requires_grad_(False)
     model, autocast = speed_settings(cfg, unet, device)
 
-    generator = torch.Generator().manual_seed(cfg.seed)
-    noise = torch.randn(cfg.num_images, unet.config.in_channels, size, size, generator=generator)
+    shape = (unet.config.in_channels, size, size)
     progression: list[dict] = []
     num_batches = -(-cfg.num_images // cfg.batch_size) * len(rows or [None])
     bar = tqdm(  # disable=None: no bar frames in a log file (stderr not a terminal)
@@ -135,9 +153,10 @@ def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None
             step_generators = [  # DDPM's step noise, one generator per image
                 torch.Generator(device).manual_seed(mix_seed(cfg.seed, j)) for j in range(count)
             ]
+            noise = start_noise(cfg.seed, count, shape, cfg.batch_size)  # each row the same
             for start in range(0, count, cfg.batch_size):
                 callback = (record if first else (lambda s: bar.update())) if progress else None
-                batch = noise[start : min(start + cfg.batch_size, count)].to(device)
+                batch = next(noise).to(device)
                 share = scaled(guidance, len(batch) / cfg.num_images)
                 with autocast:
                     x_0 = sample(
