@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from difftune.errors import DifftuneError
+from difftune.run.fresh_dir import choosing_only
 
 #: command-line keys of earlier versions -> where they live now
 MOVED = {
@@ -347,7 +348,18 @@ def check_command_line(
 ) -> None:
     """Compose the config for every job of `argv` (sweeps expanded); raise a one-line error.
 
-    `check_job(cfg, job_dir, key)` then checks each composed job and where it would write."""
+    `check_job(cfg, job_dir, key)` then checks each composed job and where it would write. The
+    default run dir is looked at, not made (`fresh_dir`): Hydra makes it when the run starts."""
+    with choosing_only():
+        _check_command_line(config_dir, config_name, argv, check_job)
+
+
+def _check_command_line(
+    config_dir: Path,
+    config_name: str,
+    argv: list[str],
+    check_job: Callable[[DictConfig, Path, str], None] | None,
+) -> None:
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
