@@ -63,6 +63,17 @@ def test_all_classes_give_one_grid_row_each_from_the_same_noise(conditional_dir,
         COLOUR_LABEL)), 28 + 2 * (2 + 3 * SIDE))  # fmt: skip
 
 
+def test_classes_whose_names_give_one_file_name_keep_their_own_images(tmp_path):
+    """`a b` and `a_b` both wrote images/a_b_0000.png: the second class over the first."""
+    unet, schedule = conditional_tiny_base(("a b", "a_b"))
+    pipeline = tmp_path / "pipeline"
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(schedule)).save_pretrained(pipeline)
+    out = run(pipeline, tmp_path / "out")
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        "0_a_b_0000.png", "0_a_b_0001.png", "1_a_b_0000.png", "1_a_b_0001.png"
+    ]  # fmt: skip
+
+
 def test_a_class_by_name_or_id_is_its_row_of_the_all_classes_run(conditional_dir, tmp_path):
     common = ("scheduler=ddpm", "batch_size=1")  # DDPM's step noise too, over two batches
     every = run(conditional_dir, tmp_path / "all", *common)

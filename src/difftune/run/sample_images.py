@@ -78,9 +78,14 @@ def start_noise(
         yield torch.randn(min(batch_size, count - start), *shape, generator=generator)
 
 
-def _file_name(name: str) -> str:
-    """A class name as a file-name prefix: path separators and other odd characters as `_`."""
-    return re.sub(r"[^\w.-]+", "_", name)
+def file_prefixes(names: list[str]) -> list[str]:
+    """Each class's prefix in images/: its name with path separators and other odd characters
+    as `_`, and its id in front where two names would give one prefix (`a b`, `a_b`; also in
+    another case, for case-insensitive disks), so no class writes over another's images."""
+    safe = [re.sub(r"[^\w.-]+", "_", name) for name in names]
+    if len({prefix.casefold() for prefix in safe}) < len(safe):
+        safe = [f"{i}_{prefix}" for i, prefix in enumerate(safe)]
+    return safe
 
 
 def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None) -> Path:
@@ -129,6 +134,7 @@ def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None
                 on_step(on_cpu)
 
     names = class_names_of(unet_config)
+    prefixes = file_prefixes(names) if names else []
     shown = min(cfg.num_images, GRID_IMAGES)  # of each class row in the grids
     (out / "images").mkdir(parents=True, exist_ok=True)
     non_finite = 0
@@ -137,7 +143,7 @@ def sample_images(cfg: DictConfig, on_step: Callable[[dict], None] | None = None
         """A batch's images to images/ as soon as it is sampled: a stop keeps those before."""
         nonlocal non_finite
         non_finite += int((~torch.isfinite(x_0.flatten(1))).any(1).sum())
-        prefix = "" if rows is None else f"{_file_name(names[rows[row]])}_"
+        prefix = "" if rows is None else f"{prefixes[rows[row]]}_"
         for k, image in enumerate(to_pil_list(x_0)):
             image.save(out / "images" / f"{prefix}{start + k:04d}.png")
 
